@@ -1,8 +1,12 @@
 """Tiny models and tokenizers built locally, for the demo, the tests, the benchmarks and the Space's default.
 
 Nothing here downloads anything: the tokenizer is built with the `tokenizers` library from a corpus of words and
-wrapped in `PreTrainedTokenizerFast`; the model is a small Qwen2-style causal LM initialised from a config. Saving
+wrapped in `PreTrainedTokenizerFast`; the model is a small Llama-style causal LM initialised from a config. Saving
 both to a folder and loading them back goes through the same `from_pretrained` paths a Hub id takes.
+
+(Llama rather than Qwen2: transformers 5 loads any tokenizer saved beside a `qwen2` config as `Qwen2Tokenizer`, which
+rebuilds a byte-level BPE pipeline and silently breaks a word-level tokenizer; `llama` trusts the saved
+`tokenizer.json`.)
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .templates import DEFAULT_FWM_TEMPLATE, DEFAULT_IDM_TEMPLATE
 
@@ -68,9 +72,9 @@ def build_tiny_causal_lm(
     intermediate_size: int | None = None,
     max_position_embeddings: int = 512,
     seed: int = 0,
-) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2-style causal LM sized for `tokenizer` (seeded, deterministic)."""
-    config = Qwen2Config(
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama-style causal LM sized for `tokenizer` (seeded, deterministic)."""
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
@@ -78,13 +82,14 @@ def build_tiny_causal_lm(
         num_attention_heads=num_attention_heads,
         num_key_value_heads=max(1, num_attention_heads // 2),
         max_position_embeddings=max_position_embeddings,
+        head_dim=hidden_size // num_attention_heads,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
