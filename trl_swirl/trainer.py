@@ -399,6 +399,18 @@ class SwirlTrainer(GRPOTrainer):
                 model.get_parameter(name.replace(f".{active}.", ".ref.")).data.copy_(param.data)
         model.set_adapter(active)  # the policy's adapter trainable, every other one (partner, ref) frozen
 
+    # ------------------------------------------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Save as the Trainer does, but keep the training arguments as JSON instead of a pickle (`training_args.bin`):
+        a SWIRL checkpoint holds no pickled file, so it can be shared and loaded safely (tokens are redacted)."""
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        pickled = os.path.join(output_dir, "training_args.bin")
+        if self.args.should_save and os.path.exists(pickled):
+            with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
+            os.remove(pickled)
+
     # ----------------------------------------------------------------------------------------------- model card
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
         if tags is None:
