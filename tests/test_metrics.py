@@ -436,7 +436,7 @@ def test_evaluate_world_model_end_to_end(model, tokenizer):
         "idm_f1",
         "idm_consistency",
         "idm_invalid_rate",
-        "idm_action_selection_accuracy",
+        "fwm_action_selection_accuracy",
     }
     assert set(results) == expected_keys
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in results.values())
@@ -471,8 +471,8 @@ def test_evaluate_world_model_end_to_end(model, tokenizer):
         model, tokenizer, None, None, rows, fwm_template=FWM_TEMPLATE, idm_template=IDM_TEMPLATE,
         environment=env, max_new_tokens=4, num_choices=3, seed=0,
     )  # fmt: skip
-    assert set(again) == {"fwm_exact_match", "fwm_f1", "idm_action_selection_accuracy"}
-    assert again["idm_action_selection_accuracy"] == results["idm_action_selection_accuracy"]
+    assert set(again) == {"fwm_exact_match", "fwm_f1", "fwm_action_selection_accuracy"}
+    assert again["fwm_action_selection_accuracy"] == results["fwm_action_selection_accuracy"]
 
 
 def test_evaluate_world_model_skips_and_errors(model, tokenizer):

@@ -398,7 +398,7 @@ def evaluate_world_model(
     * ``idm_exact_match``, ``idm_f1``: generated actions against ``action``;
     * with ``environment``: ``idm_consistency`` (the inferred action, executed with ``environment.apply``, reproduces
       ``next_state``) and ``idm_invalid_rate`` (``apply`` raised a ``ValueError``);
-    * with ``environment``, an FWM and ``num_choices > 1``: ``idm_action_selection_accuracy``, multiple-choice action
+    * with ``environment``, an FWM and ``num_choices > 1``: ``fwm_action_selection_accuracy``, multiple-choice action
       selection scored by the FWM. Per row, the candidates are the true action plus up to ``num_choices - 1``
       actions from ``environment.valid_actions(state)`` whose result differs from ``next_state`` (drawn with
       ``random.Random(seed)``); each candidate is scored by the FWM's mean log-probability of ``next_state`` after
@@ -434,7 +434,7 @@ def evaluate_world_model(
             results["idm_invalid_rate"] = consistency["invalid_rate"]
 
     if fwm is not None and environment is not None and num_choices > 1:
-        results["idm_action_selection_accuracy"] = _action_selection_accuracy(
+        results["fwm_action_selection_accuracy"] = _action_selection_accuracy(
             fwm,
             fwm_tokenizer,
             states,
