@@ -518,6 +518,12 @@ def _run_phase(iteration, name, out: Path, fwm_ref, idm_ref, labels_ref, splits,
             state_column=swirl_args.state_column, next_state_column=swirl_args.next_state_column,
             batch_size=loop_args.label_batch_size, max_new_tokens=loop_args.label_max_new_tokens,
         )
+        if len(labelled) == 0:
+            raise ValueError(
+                f"The IDM ({idm_ref}) gave every one of the {len(splits['unlabelled'])} unlabelled pairs an empty "
+                "label, so the FWM phase has nothing to condition on. Warm-start the IDM longer "
+                "(`warmstart_epochs`, `warmstart_learning_rate`) or on more labelled data (`labelled_fraction`)."
+            )
         labelled.save_to_disk(str(out / "dataset"))
         record.update({"labelled_by": idm_ref, "num_rows": len(labelled), "num_unlabelled": len(splits["unlabelled"])})
         return record

@@ -109,3 +109,24 @@ def load_pretrained(path: str | os.PathLike):
     model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer
+
+
+def tiny_world(environment: str = "physics", *, num_trajectories: int = 40, length: int = 6, seed: int = 0,
+               hidden_size: int = 64, num_hidden_layers: int = 2):
+    """Everything the README's 10-line example needs, built locally: `(fwm, idm, tokenizer, transitions)`.
+
+    `transitions` are (state, action, next_state) rows of a built-in environment; the FWM and IDM are two tiny,
+    untrained Llama-style models sharing a word-level tokenizer over the environment's vocabulary."""
+    from .data import transitions_from_trajectories
+    from .envs import get_environment
+
+    env = get_environment(environment)
+    transitions = transitions_from_trajectories(env.trajectories(num_trajectories, length, seed=seed))
+    texts = list(transitions["state"]) + list(transitions["next_state"]) + list(transitions["action"])
+    if hasattr(env, "all_actions"):
+        texts += env.all_actions()
+    tokenizer = build_word_tokenizer(texts)
+    kwargs = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers)
+    fwm = build_tiny_causal_lm(tokenizer, seed=seed, **kwargs)
+    idm = build_tiny_causal_lm(tokenizer, seed=seed + 1, **kwargs)
+    return fwm, idm, tokenizer, transitions.select_columns(["state", "action", "next_state"])

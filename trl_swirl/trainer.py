@@ -26,7 +26,7 @@ SWIRL_PAPER = {
     "citation": textwrap.dedent("""\
         @article{qiu2026swirl,
             title        = {{Self-Improving World Modelling with Latent Actions}},
-            author       = {Qiu, Yifu and Zhao, Zheng and Li, Ziser and Ziser, Yftah and Korhonen, Anna and Cohen, Shay B. and Ponti, Edoardo M.},
+            author       = {Qiu and Zhao and Li and Ziser and Korhonen and Cohen and Ponti},
             year         = 2026,
             eprint       = {arXiv:2602.06130},
         }"""),

@@ -1,0 +1,165 @@
+"""The SWIRL loop on a tiny environment: labels, both phases, records, checkpoints, resume, and bad input."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from trl_swirl import SwirlConfig
+from trl_swirl.loop import SwirlLoopConfig, label_dataset, load_model, phase_plan, run_loop
+from trl_swirl.templates import SwirlTemplates
+
+
+def small_configs(run_dir, **loop_overrides):
+    loop = dict(
+        environment="physics", num_trajectories=30, trajectory_length=4, labelled_fraction=0.2, test_fraction=0.2,
+        swirl_iterations=1, warmstart_epochs=8, fwm_max_steps=2, idm_max_steps=2, eval_max_samples=12,
+        eval_num_choices=2, eval_max_new_tokens=20, label_max_new_tokens=8, tiny_hidden_size=32,
+    )
+    loop.update(loop_overrides)
+    swirl = SwirlConfig(
+        output_dir=str(run_dir), num_generations=4, per_device_train_batch_size=4, max_completion_length=16,
+        learning_rate=1e-3, beta=0.04, report_to="none", bf16=False, logging_steps=1, disable_tqdm=True, seed=0,
+    )
+    return SwirlLoopConfig(**loop), swirl
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("loop") / "run"
+    loop_args, swirl_args = small_configs(run_dir)
+    records = run_loop(loop_args, swirl_args)
+    return run_dir, records
+
+
+def test_one_iteration_writes_labels_phases_records_and_checkpoints(finished_run):
+    run_dir, records = finished_run
+    names = [r["name"] for r in records]
+    assert names == ["iter-0-warmstart-fwm", "iter-0-warmstart-idm", "iter-1-labels", "iter-1-fwm", "iter-1-idm"]
+    assert [f"iter-{k}-{n}" for k, n in phase_plan(1)] == names
+    for name in names:
+        folder = run_dir / name
+        assert folder.is_dir() and not (run_dir / f"{name}.partial").exists()
+        record = json.loads((folder / "swirl_record.json").read_text())
+        assert record["name"] == name
+        if name != "iter-1-labels":
+            assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+            assert not list(folder.glob("*.bin")), "checkpoints hold no pickles"
+            assert set(record["metrics"]) >= {"fwm_exact_match", "fwm_f1", "idm_exact_match", "idm_consistency"}
+    fwm_record = records[3]
+    assert fwm_record["trainer"] == "swirl-grpo" and fwm_record["partner"]["role"] == "idm"
+    assert fwm_record["partner"]["name"].endswith("iter-0-warmstart-idm")
+    assert "rewards/swirl_partner_logprob/mean/last" in fwm_record["rewards"]
+    assert records[4]["partner"]["name"].endswith("iter-1-fwm")  # the IDM phase is rewarded by the new FWM
+    assert (run_dir / "iter-1-fwm" / "README.md").exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["name"] for r in results["records"]] == names
+
+
+def test_labels_are_the_idms_greedy_outputs_and_true_actions_never_reach_training(finished_run):
+    from trl_swirl.evaluation import generate
+
+    run_dir, _ = finished_run
+    splits = load_from_disk(str(run_dir / "data"))
+    assert "action" not in splits["unlabelled"].column_names
+    labels = load_from_disk(str(run_dir / "iter-1-labels" / "dataset"))
+    idm, tok = load_model(str(run_dir / "iter-0-warmstart-idm"))
+    templates = SwirlTemplates()
+    prompts = [templates.prompt_text("idm", state=s, next_state=n) for s, n in zip(labels["state"], labels["next_state"])]
+    expected = generate(idm, tok, prompts, max_new_tokens=8, batch_size=64)
+    assert labels["action"] == expected  # recomputed independently: the labels come from the IDM, not the env
+    assert len(labels) <= len(splits["unlabelled"])
+
+
+def test_resume_skips_finished_phases_and_redoes_an_interrupted_one(finished_run, tmp_path):
+    run_dir, records = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = {name: digest(copy / name) for name in ("iter-0-warmstart-fwm", "iter-1-labels", "iter-1-fwm")}
+    # interrupt the last phase: its folder is gone and a half-written one is left behind
+    shutil.rmtree(copy / "iter-1-idm")
+    (copy / "iter-1-idm.partial").mkdir()
+    (copy / "iter-1-idm.partial" / "junk.txt").write_text("half written")
+    loop_args, swirl_args = small_configs(copy)
+    again = run_loop(loop_args, swirl_args)
+    assert [r["name"] for r in again] == [r["name"] for r in records]
+    for name, value in before.items():
+        assert digest(copy / name) == value, f"{name} was rewritten"
+    assert (copy / "iter-1-idm" / "model.safetensors").exists() and not (copy / "iter-1-idm.partial").exists()
+    assert again[:4] == records[:4]  # finished records reused as they were
+    # more iterations continue the same run
+    loop_args, swirl_args = small_configs(copy, swirl_iterations=2, fwm_max_steps=2)
+    longer = run_loop(loop_args, swirl_args)
+    assert [r["name"] for r in longer][-3:] == ["iter-2-labels", "iter-2-fwm", "iter-2-idm"]
+    assert digest(copy / "iter-1-fwm") == before["iter-1-fwm"]
+
+
+def test_resume_with_another_config_and_foreign_folder_are_refused(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    loop_args, swirl_args = small_configs(run_dir, fwm_max_steps=3)
+    with pytest.raises(ValueError, match=r"(?s)another configuration.*loop\.fwm_max_steps: recorded 2, now 3"):
+        run_loop(loop_args, swirl_args)
+    loop_args, swirl_args = small_configs(run_dir)
+    swirl_args.beta = 0.5
+    with pytest.raises(ValueError, match=r"swirl\.beta: recorded 0\.04, now 0\.5"):
+        run_loop(loop_args, swirl_args)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    loop_args, swirl_args = small_configs(other)
+    with pytest.raises(ValueError, match=r"(?s)is not empty and holds no SWIRL run.*Nothing in it is overwritten"):
+        run_loop(loop_args, swirl_args)
+    assert (other / "notes.txt").read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def _splits(unlabelled_rows, labelled_rows, test_rows):
+    cols = lambda rows, with_action: {  # noqa: E731
+        "state": [r[0] for r in rows], "next_state": [r[2] for r in rows],
+        **({"action": [r[1] for r in rows]} if with_action else {}),
+    }
+    return DatasetDict({
+        "unlabelled": Dataset.from_dict(cols(unlabelled_rows, False)),
+        "labelled": Dataset.from_dict(cols(labelled_rows, True)),
+        "test": Dataset.from_dict(cols(test_rows, True)),
+    })
+
+
+def test_bad_data_is_refused_before_training(tmp_path):
+    a = ("ball at 1 0 vel 0 0", "wait", "ball at 1 0 vel 0 0")
+    b = ("ball at 2 0 vel 0 0", "push ball left", "ball at 1 0 vel -1 0")
+    c = ("ball at 3 0 vel 0 0", "push ball right", "ball at 4 0 vel 1 0")
+    loop_args, swirl_args = small_configs(tmp_path / "r1")
+    with pytest.raises(ValueError, match="There are no unlabelled pairs"):
+        run_loop(loop_args, swirl_args, splits=_splits([], [a], [c]))
+    loop_args, swirl_args = small_configs(tmp_path / "r2")
+    with pytest.raises(ValueError, match=r"The 'labelled' split overlaps the 'test' split"):
+        run_loop(loop_args, swirl_args, splits=_splits([b], [a, c], [c]))
+    loop_args, swirl_args = small_configs(tmp_path / "r3")
+    with pytest.raises(ValueError, match=r"Row 0 of the 'unlabelled' split has an empty 'next_state'"):
+        run_loop(loop_args, swirl_args, splits=_splits([(b[0], "", "")], [a], [c]))
+    with pytest.raises(ValueError, match=r"Unknown `environment` 'chess'"):
+        SwirlLoopConfig(environment="chess")
+    for name in ("r1", "r2", "r3"):  # nothing was written for a refused run
+        assert not (tmp_path / name).exists()
+
+
+def test_label_dataset_replaces_an_existing_action_column(tmp_path):
+    from trl_swirl.tiny import build_tiny_causal_lm, build_word_tokenizer
+
+    tok = build_word_tokenizer(["ball at 1 0", "wait", "push"])
+    idm = build_tiny_causal_lm(tok, hidden_size=32)
+    data = Dataset.from_dict({"state": ["ball at 1 0"] * 3, "next_state": ["ball at 1 0"] * 3, "action": ["TRUE"] * 3})
+    out = label_dataset(idm, tok, data, SwirlTemplates(), max_new_tokens=4)
+    assert "TRUE" not in out["action"] and out.column_names.count("action") == 1
