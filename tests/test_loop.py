@@ -163,3 +163,31 @@ def test_label_dataset_replaces_an_existing_action_column(tmp_path):
     data = Dataset.from_dict({"state": ["ball at 1 0"] * 3, "next_state": ["ball at 1 0"] * 3, "action": ["TRUE"] * 3})
     out = label_dataset(idm, tok, data, SwirlTemplates(), max_new_tokens=4)
     assert "TRUE" not in out["action"] and out.column_names.count("action") == 1
+
+
+def test_warm_start_fits_both_directions_and_never_overwrites(tmp_path):
+    from trl_swirl import warm_start
+    from trl_swirl.data import make_splits
+    from trl_swirl.tiny import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
+
+    splits = make_splits("physics", num_trajectories=20, length=4, labelled_fraction=0.5, test_fraction=0.2)
+    labelled = splits["labelled"]
+    tok = build_word_tokenizer(list(labelled["state"]) + list(labelled["next_state"]) + list(labelled["action"]))
+    refs = {r: save_pretrained(build_tiny_causal_lm(tok, hidden_size=32, seed=i), tok, tmp_path / f"base-{r}")
+            for i, r in enumerate(("fwm", "idm"))}
+    _, swirl_args = small_configs(tmp_path / "unused")
+    fwm_dir, idm_dir = warm_start(refs["fwm"], refs["idm"], labelled, tmp_path / "ws", swirl_args, epochs=3,
+                                  learning_rate=3e-3)
+    from trl_swirl.evaluation import sequence_logprobs
+
+    templates = SwirlTemplates()
+    ctx = [templates.prompt_text("fwm", state=s, action=a) for s, a in zip(labelled["state"], labelled["action"])]
+    before = sequence_logprobs(load_model(refs["fwm"])[0], tok, ctx, labelled["next_state"])
+    after = sequence_logprobs(load_model(fwm_dir)[0], tok, ctx, labelled["next_state"])
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.5  # the FWM learned its direction
+    ctx = [templates.prompt_text("idm", state=s, next_state=n) for s, n in zip(labelled["state"], labelled["next_state"])]
+    before = sequence_logprobs(load_model(refs["idm"])[0], tok, ctx, labelled["action"])
+    after = sequence_logprobs(load_model(idm_dir)[0], tok, ctx, labelled["action"])
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.5  # and the IDM its own
+    with pytest.raises(ValueError, match="never overwrites a checkpoint"):
+        warm_start(refs["fwm"], refs["idm"], labelled, tmp_path / "ws", swirl_args, epochs=1)

@@ -5,6 +5,7 @@ __version__ = "0.1.0.dev0"
 from .config import SwirlConfig
 from .partner import PartnerReward
 from .templates import DEFAULT_FWM_TEMPLATE, DEFAULT_IDM_TEMPLATE, SwirlTemplates
+from .loop import SwirlLoopConfig, label_dataset, run_loop, warm_start
 from .trainer import SwirlTrainer
 
 __all__ = [
@@ -12,6 +13,10 @@ __all__ = [
     "DEFAULT_IDM_TEMPLATE",
     "PartnerReward",
     "SwirlConfig",
+    "SwirlLoopConfig",
     "SwirlTemplates",
     "SwirlTrainer",
+    "label_dataset",
+    "run_loop",
+    "warm_start",
 ]

@@ -377,6 +377,26 @@ def phase_config(swirl_args: SwirlConfig, **overrides) -> SwirlConfig:
     return dataclasses.replace(swirl_args, **overrides)
 
 
+def warm_start(fwm_ref: str, idm_ref: str, labelled: Dataset, output_dir: str | os.PathLike,
+               swirl_args: SwirlConfig, *, epochs: float = 40.0, learning_rate: float = 3e-3,
+               batch_size: int = 16) -> tuple[str, str]:
+    """Supervised warm start of both models on action-labelled transitions, as the paper does before GRPO:
+    the FWM on (x, z) -> y and the IDM on (x, y) -> z, with TRL's SFTTrainer and the config's templates.
+
+    Returns the folders of the warm-started FWM and IDM (`OUTPUT_DIR/fwm`, `OUTPUT_DIR/idm`)."""
+    templates = SwirlTemplates(swirl_args.fwm_template, swirl_args.idm_template, swirl_args.prompt_format)
+    _nonempty(labelled, "labelled", [swirl_args.state_column, swirl_args.action_column, swirl_args.next_state_column])
+    out = {}
+    for role, ref in (("fwm", fwm_ref), ("idm", idm_ref)):
+        folder = Path(output_dir) / role
+        if folder.exists() and any(folder.iterdir()):
+            raise ValueError(f"{folder} is not empty; warm_start never overwrites a checkpoint: pick another folder.")
+        sft(ref, labelled, role, templates, folder, swirl_args, epochs=epochs, learning_rate=learning_rate,
+            batch_size=batch_size)
+        out[role] = str(folder)
+    return out["fwm"], out["idm"]
+
+
 def grpo_phase(policy_ref: str, partner_ref: str, dataset: Dataset, phase: str, output_dir: Path,
                swirl_args: SwirlConfig, loop_args: SwirlLoopConfig) -> tuple[dict, list]:
     """One SWIRL GRPO phase with SwirlTrainer; returns (the phase's config overrides, the log history)."""
