@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from test_hub import hub  # noqa: F401  (the loopback Hub fixture)
+
 from trl_swirl import SwirlConfig
 from trl_swirl.loop import SwirlLoopConfig, label_dataset, load_model, phase_plan, run_loop
 from trl_swirl.templates import SwirlTemplates
@@ -191,3 +193,25 @@ def test_warm_start_fits_both_directions_and_never_overwrites(tmp_path):
     assert sum(after) / len(after) > sum(before) / len(before) + 0.5  # and the IDM its own
     with pytest.raises(ValueError, match="never overwrites a checkpoint"):
         warm_start(refs["fwm"], refs["idm"], labelled, tmp_path / "ws", swirl_args, epochs=1)
+
+
+def test_loop_pushes_every_phase_as_its_own_revision(tmp_path, hub):
+    """The loop pushes FWM phases to PREFIX-fwm and IDM phases to PREFIX-idm, one branch each, main = latest."""
+    from huggingface_hub import HfApi
+
+    loop_args, swirl_args = small_configs(tmp_path / "run", push_to_hub_prefix="tester/swirl-physics")
+    run_loop(loop_args, swirl_args)
+    api = HfApi()
+    fwm_refs = {b.name for b in api.list_repo_refs("tester/swirl-physics-fwm").branches}
+    idm_refs = {b.name for b in api.list_repo_refs("tester/swirl-physics-idm").branches}
+    assert {"iter-0-warmstart", "iter-1-fwm", "main"} <= fwm_refs
+    assert {"iter-0-warmstart", "iter-1-idm", "main"} <= idm_refs
+    data_refs = {b.name for b in api.list_repo_refs("tester/swirl-physics-data", repo_type="dataset").branches}
+    assert {"iter-0-data", "iter-1-labels"} <= data_refs  # the state-only data and the pseudo-labels
+    record = json.loads((tmp_path / "run" / "iter-1-fwm" / "swirl_record.json").read_text())
+    assert record["pushed"]["repo_id"] == "tester/swirl-physics-fwm" and record["pushed"]["revision"] == "iter-1-fwm"
+    from transformers import AutoModelForCausalLM
+
+    local = load_model(str(tmp_path / "run" / "iter-1-fwm"))[0]
+    remote = AutoModelForCausalLM.from_pretrained("tester/swirl-physics-fwm", revision="iter-1-fwm")
+    assert all((a == b).all() for a, b in zip(local.state_dict().values(), remote.state_dict().values()))

@@ -481,6 +481,9 @@ def run_loop(loop_args: SwirlLoopConfig, swirl_args: SwirlConfig, splits: Datase
     run_dir.mkdir(parents=True, exist_ok=True)
     if not data_dir.exists():
         splits.save_to_disk(str(data_dir))
+        if loop_args.push_to_hub_prefix:
+            _push_data(splits, "iter-0-data", loop_args, kind="state-only", source=str(loop_args.environment or
+                                                                                      loop_args.dataset_path))
     _write_json(run_dir / RUN_CONFIG_NAME, recorded)
 
     if loop_args.fwm_model_name_or_path is None or loop_args.idm_model_name_or_path is None:
@@ -509,7 +512,10 @@ def run_loop(loop_args: SwirlLoopConfig, swirl_args: SwirlConfig, splits: Datase
             )
             _write_json(partial / RECORD_NAME, record)
             os.replace(partial, folder)
-            if loop_args.push_to_hub_prefix and name != "labels":
+            if loop_args.push_to_hub_prefix and name == "labels":
+                _push_data(load_from_disk(str(folder / "dataset")), f"iter-{iteration}-labels", loop_args,
+                           kind="pseudo-labelled", iteration=iteration, labelled_by=idm_ref)
+            elif loop_args.push_to_hub_prefix:
                 _push(folder, loop_args)
         records.append(record)
         if name.endswith("fwm"):
@@ -589,9 +595,24 @@ def _run_phase(iteration, name, out: Path, fwm_ref, idm_ref, labels_ref, splits,
     return json.loads(json.dumps(record, default=str))
 
 
-def _push(folder: Path, loop_args: SwirlLoopConfig) -> None:
+def _push_data(dataset, revision: str, loop_args: SwirlLoopConfig, **card) -> None:
+    """Push the run's data (revision `iter-0-data`) or an iteration's pseudo-labels (`iter-K-labels`) to the dataset
+    repo PREFIX-data, so a run is reproducible from the Hub alone."""
     from . import hub
 
-    repo_ids = hub.repo_ids(loop_args.push_to_hub_prefix)
-    record = read_record(folder)
-    hub.push_phase(folder, repo_ids[record["role"]], revision=folder.name, private=loop_args.hub_private)
+    try:
+        hub.push_dataset(dataset, f"{loop_args.push_to_hub_prefix}-data", revision=revision,
+                         private=loop_args.hub_private, **card)
+    except hub.HubPushError as err:
+        logger.error("Push of the dataset %s failed; the local copy is intact: %s", revision, err)
+
+
+def _push(folder: Path, loop_args: SwirlLoopConfig) -> None:
+    """Push what is missing of the run (this phase, and any earlier phase whose push failed). A failed push keeps
+    the local checkpoint and does not stop training: `trl-swirl push RUN --prefix ...` pushes it later."""
+    from . import hub
+
+    try:
+        hub.push_run(folder.parent, loop_args.push_to_hub_prefix, private=loop_args.hub_private)
+    except hub.HubPushError as err:
+        logger.error("Push of %s failed; training goes on and the checkpoint is intact: %s", folder.name, err)
