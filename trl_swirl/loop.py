@@ -49,7 +49,8 @@ RECORDED_SWIRL_FIELDS = (
     "state_column", "action_column", "next_state_column", "num_iterations",
 )
 # loop fields that may differ on resume
-RESUMABLE_LOOP_FIELDS = {"swirl_iterations", "push_to_hub_prefix", "hub_private", "eval_batch_size"}
+RESUMABLE_LOOP_FIELDS = {"swirl_iterations", "push_to_hub_prefix", "hub_private", "eval_batch_size",
+                         "torch_num_threads"}
 
 
 @dataclass
@@ -116,6 +117,10 @@ class SwirlLoopConfig:
         default=4, metadata={"help": "Candidates per row for WorldPrediction-style action selection (0: off)."}
     )
     eval_max_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many test rows."})
+    torch_num_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch CPU threads (torch.set_num_threads); 1 is fastest for tiny models on a shared CPU."},
+    )
     tiny_hidden_size: int = field(default=64, metadata={"help": "Hidden size of the embedded tiny default models."})
     tiny_num_layers: int = field(default=2, metadata={"help": "Layers of the embedded tiny default models."})
     push_to_hub_prefix: str | None = field(
@@ -470,6 +475,10 @@ def run_loop(loop_args: SwirlLoopConfig, swirl_args: SwirlConfig, splits: Datase
     `splits` (optional) replaces the environment's generated data on the first run; it is saved in the run folder,
     so a resume reuses exactly the same data."""
     run_dir = Path(swirl_args.output_dir)
+    if loop_args.torch_num_threads is not None:
+        import torch
+
+        torch.set_num_threads(loop_args.torch_num_threads)
     templates = SwirlTemplates(swirl_args.fwm_template, swirl_args.idm_template, swirl_args.prompt_format)
     recorded = _recorded_config(loop_args, swirl_args)
     resuming = check_run_dir(run_dir, recorded)
@@ -564,7 +573,7 @@ def _run_phase(iteration, name, out: Path, fwm_ref, idm_ref, labels_ref, splits,
     else:
         pseudo = load_from_disk(str(Path(labels_ref) / "dataset"))
         if loop_args.mode == "self_training":
-            data = pseudo if role == "fwm" else pseudo
+            data = pseudo
             if "labelled" in splits and len(splits["labelled"]):
                 from datasets import concatenate_datasets
 
