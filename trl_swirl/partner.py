@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .evaluation import _eval_mode  # eval mode + no_grad, training flag restored
 from .templates import DEFAULT_FWM_TEMPLATE, DEFAULT_IDM_TEMPLATE, PHASES, SwirlTemplates, completion_text
 
 
@@ -92,16 +93,6 @@ def _active_adapter(model, adapter_name: str | None):
     finally:
         # re-activating the policy's adapter makes it trainable again and leaves every other adapter frozen
         model.set_adapter(previous)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 class PartnerReward:
