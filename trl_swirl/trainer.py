@@ -102,6 +102,11 @@ class SwirlTrainer(GRPOTrainer):
         partner_processing_class (`PreTrainedTokenizerBase`, *optional*):
             The partner's tokenizer. Defaults to the one saved with the partner (loaded from its path), or to the
             policy's `processing_class` for an in-memory partner without a path, and in two-adapter mode.
+        completion_decoder (`Callable[[list[int]], str]`, *optional*):
+            Turns the token ids of each generated completion into the text the partner (and the logs) see, instead of
+            TRL's `batch_decode(..., skip_special_tokens=True)`. For completions made of special tokens, e.g. an FWM
+            generating image tokens: `trl_swirl.visual.ImageCompletionDecoder(codec, tokenizer)` writes them as the
+            image's state text `<boi>...<eoi>`.
         Other arguments are those of [`~trl.GRPOTrainer`].
     """
 
@@ -123,6 +128,7 @@ class SwirlTrainer(GRPOTrainer):
         callbacks=None,
         optimizers=(None, None),
         peft_config=None,
+        completion_decoder=None,
         **kwargs,
     ):
         if args is None:
@@ -135,6 +141,7 @@ class SwirlTrainer(GRPOTrainer):
                 f"{type(args).__name__}. Build one with SwirlConfig(output_dir=..., phase='fwm', ...)."
             )
         self.phase = args.phase
+        self.completion_decoder = completion_decoder
         self.templates = SwirlTemplates(args.fwm_template, args.idm_template, args.prompt_format)
 
         # 1. Data first: cheap checks before any model is loaded
@@ -177,7 +184,7 @@ class SwirlTrainer(GRPOTrainer):
             if args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3:
                 raise ValueError(
                     "Two-adapter mode is not supported with DeepSpeed ZeRO-3 (the partner adapter is scored through "
-                    "the policy's sharded weights). Use ZeRO-2, FSDP or DDP, or a separate partner model."
+                    "the policy's sharded weights). Use ZeRO-2 or DDP, or a separate partner model."
                 )
             partner = model
             partner_tokenizer = partner_processing_class or processing_class
@@ -291,6 +298,11 @@ class SwirlTrainer(GRPOTrainer):
             self._setup_reference_adapter()
 
         # 5. Place the partner like TRL places reward models: frozen, evaluation mode, on every rank
+        if adapter_name is not None and self.is_fsdp_enabled:
+            raise ValueError(
+                "Two-adapter mode is not supported with FSDP: the partner adapter is scored through the policy's "
+                "unwrapped module, whose weights FSDP shards. Use DDP or ZeRO-2, or a separate partner model."
+            )
         if adapter_name is None:
             if args.partner_offload:
                 if self.is_deepspeed_enabled:
@@ -303,6 +315,26 @@ class SwirlTrainer(GRPOTrainer):
                     prepared = self.accelerator.prepare_model(partner, evaluation_mode=True, device_placement=True)
                 self.partner_reward.model = prepared
                 self.partner_reward.device = self.accelerator.device
+
+    # ------------------------------------------------------------------------------------------------- generation
+    def _generate(self, prompts: list):
+        """GRPO's generation; with a `completion_decoder`, the completions' text is rebuilt from their token ids."""
+        outputs = super()._generate(prompts)
+        if self.completion_decoder is None:
+            return outputs
+        if not isinstance(outputs, tuple) or len(outputs) < 4:
+            raise RuntimeError(
+                "`completion_decoder` expects GRPOTrainer._generate to return (prompt_ids, completion_ids, tool_mask, "
+                "completions, ...); this TRL version returns something else."
+            )
+        outputs = list(outputs)
+        completion_ids, completions = outputs[1], outputs[3]
+        texts = [self.completion_decoder(list(ids)) for ids in completion_ids]
+        if completions and not isinstance(completions[0], str):  # conversational: one assistant message each
+            outputs[3] = [[{"role": "assistant", "content": text}] for text in texts]
+        else:
+            outputs[3] = texts
+        return tuple(outputs)
 
     # ------------------------------------------------------------------------------------------------------- data
     def _phase_columns(self, args: SwirlConfig) -> list[str]:
