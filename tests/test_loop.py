@@ -215,3 +215,25 @@ def test_loop_pushes_every_phase_as_its_own_revision(tmp_path, hub):
     local = load_model(str(tmp_path / "run" / "iter-1-fwm"))[0]
     remote = AutoModelForCausalLM.from_pretrained("tester/swirl-physics-fwm", revision="iter-1-fwm")
     assert all((a == b).all() for a, b in zip(local.state_dict().values(), remote.state_dict().values()))
+
+
+def test_multiturn_rows_reach_prompts_partner_and_evaluation(tmp_path):
+    """With `multiturn`, rows carry a `history`, and templates using '{history}' show it everywhere."""
+    fwm_t = "History:\n{history}\nState:\n{state}\nAction:\n{action}\nNext state:\n"
+    idm_t = "History:\n{history}\nState:\n{state}\nNext state:\n{next_state}\nAction:\n"
+    loop_args, swirl_args = small_configs(tmp_path / "run", multiturn=True, max_history=2)
+    swirl_args.fwm_template, swirl_args.idm_template = fwm_t, idm_t
+    records = run_loop(loop_args, swirl_args)
+    splits = load_from_disk(str(tmp_path / "run" / "data"))
+    assert "history" in splits["unlabelled"].column_names
+    assert any(len(h) == 2 for h in splits["unlabelled"]["history"])
+    labels = load_from_disk(str(tmp_path / "run" / "iter-1-labels" / "dataset"))
+    assert "history" in labels.column_names
+    assert records[-1]["templates"]["fwm_template"] == fwm_t and "idm_consistency" in records[-1]["metrics"]
+    # the labels were generated from prompts that include the history
+    from trl_swirl.evaluation import generate
+
+    idm, tok = load_model(str(tmp_path / "run" / "iter-0-warmstart-idm"))
+    row = labels[0]
+    prompt = idm_t.format(history="\n".join(row["history"]), state=row["state"], next_state=row["next_state"])
+    assert generate(idm, tok, [prompt], max_new_tokens=8)[0] == row["action"]

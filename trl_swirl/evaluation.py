@@ -331,6 +331,17 @@ def _columns(dataset) -> tuple[list[str], list[str], list[str]]:
     return [r["state"] for r in rows], [r["action"] for r in rows], [r["next_state"] for r in rows]
 
 
+def _histories(dataset, n: int) -> list[str]:
+    """The `history` column (multi-turn rows), one earlier state per line; empty strings when there is none."""
+    try:
+        column = dataset["history"] if "history" in (getattr(dataset, "column_names", None) or dataset) else None
+    except (TypeError, KeyError):
+        column = None
+    if column is None:
+        return [""] * n
+    return [h if isinstance(h, str) else "\n".join(h or []) for h in column]
+
+
 def _distractors(environment, state: str, action: str, next_state: str) -> list[str]:
     """Valid actions other than ``action`` whose result differs from ``next_state`` (sorted, deduplicated)."""
     found = set()
@@ -347,14 +358,16 @@ def _distractors(environment, state: str, action: str, next_state: str) -> list[
 
 
 def _action_selection_accuracy(
-    fwm, tokenizer, states, actions, next_states, *, fwm_template, environment, num_choices, batch_size, seed
+    fwm, tokenizer, states, actions, next_states, *, fwm_template, environment, num_choices, batch_size, seed,
+    histories=None,
 ) -> float:
     """WorldPrediction-style multiple choice: does the FWM give the observed next state the highest likelihood
     under the true action, against up to ``num_choices - 1`` distractors? Rows without distractors are skipped
     (NaN when every row is skipped)."""
     rng = random.Random(seed)
     contexts, targets, spans, answers = [], [], [], []
-    for state, action, next_state in zip(states, actions, next_states):
+    histories = histories or [""] * len(states)
+    for state, action, next_state, history in zip(states, actions, next_states, histories):
         others = _distractors(environment, state, action, next_state)
         if not others:
             continue
@@ -362,7 +375,7 @@ def _action_selection_accuracy(
         rng.shuffle(candidates)
         answers.append(candidates.index(action))
         spans.append((len(contexts), len(contexts) + len(candidates)))
-        contexts.extend(render(fwm_template, state=state, action=c) for c in candidates)
+        contexts.extend(render(fwm_template, state=state, action=c, history=history) for c in candidates)
         targets.extend([next_state] * len(candidates))
     if not spans:
         return float("nan")
@@ -405,12 +418,13 @@ def evaluate_world_model(
       the FWM prompt for (state, candidate), and the row is correct when the true action is the unique argmax.
     """
     states, actions, next_states = _columns(dataset)
+    histories = _histories(dataset, len(states))
     results: dict[str, float] = {}
 
     if fwm is not None:
         if fwm_tokenizer is None:
             raise ValueError("fwm_tokenizer is required when fwm is given.")
-        prompts = [render(fwm_template, state=s, action=a) for s, a in zip(states, actions)]
+        prompts = [render(fwm_template, state=s, action=a, history=h) for s, a, h in zip(states, actions, histories)]
         predictions = generate(fwm, fwm_tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         em = _metric("world_model_exact_match").compute(predictions=predictions, references=next_states)
         f1 = _metric("world_model_f1").compute(predictions=predictions, references=next_states)
@@ -420,7 +434,9 @@ def evaluate_world_model(
     if idm is not None:
         if idm_tokenizer is None:
             raise ValueError("idm_tokenizer is required when idm is given.")
-        prompts = [render(idm_template, state=s, next_state=n) for s, n in zip(states, next_states)]
+        prompts = [
+            render(idm_template, state=s, next_state=n, history=h) for s, n, h in zip(states, next_states, histories)
+        ]
         predictions = generate(idm, idm_tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         em = _metric("world_model_exact_match").compute(predictions=predictions, references=actions)
         f1 = _metric("world_model_f1").compute(predictions=predictions, references=actions)
@@ -445,5 +461,6 @@ def evaluate_world_model(
             num_choices=num_choices,
             batch_size=batch_size,
             seed=seed,
+            histories=histories,
         )
     return results
