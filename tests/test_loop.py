@@ -237,3 +237,34 @@ def test_multiturn_rows_reach_prompts_partner_and_evaluation(tmp_path):
     row = labels[0]
     prompt = idm_t.format(history="\n".join(row["history"]), state=row["state"], next_state=row["next_state"])
     assert generate(idm, tok, [prompt], max_new_tokens=8)[0] == row["action"]
+
+
+def test_a_chain_continues_from_the_hub_alone(tmp_path, hub, monkeypatch):
+    """Run 1 pushes its data and phases; run 2, in a new folder, starts from the Hub's latest revisions and data
+    and pushes iteration 2 beside iteration 1, which is left as it was."""
+    import datasets.config as datasets_config
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False, raising=False)
+    monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False, raising=False)
+    monkeypatch.setattr(datasets_config, "HF_ENDPOINT", hub.url, raising=False)
+    prefix = "tester/chain"
+    loop_args, swirl_args = small_configs(tmp_path / "run1", push_to_hub_prefix=prefix)
+    run_loop(loop_args, swirl_args)
+    api = HfApi()
+    iter1 = api.list_repo_refs(f"{prefix}-fwm").branches
+    iter1 = {b.name: b.target_commit for b in iter1 if b.name == "iter-1-fwm"}
+    loop_args, swirl_args = small_configs(
+        tmp_path / "run2", push_to_hub_prefix=prefix, warmstart=False, first_iteration=2,
+        fwm_model_name_or_path=f"{prefix}-fwm@iter-1-fwm", idm_model_name_or_path=f"{prefix}-idm@iter-1-idm",
+        dataset_path=f"{prefix}-data@iter-0-data",
+    )
+    records = run_loop(loop_args, swirl_args)
+    assert [r["name"] for r in records] == ["iter-2-labels", "iter-2-fwm", "iter-2-idm"]
+    assert records[1]["partner"]["name"] == f"{prefix}-idm@iter-1-idm"
+    local = load_from_disk(str(tmp_path / "run2" / "data"))
+    original = load_from_disk(str(tmp_path / "run1" / "data"))
+    assert local["unlabelled"]["next_state"] == original["unlabelled"]["next_state"]  # the same data, from the Hub
+    branches = {b.name: b.target_commit for b in api.list_repo_refs(f"{prefix}-fwm").branches}
+    assert "iter-2-fwm" in branches and branches["iter-1-fwm"] == iter1["iter-1-fwm"]
+    assert "iter-2-idm" in {b.name for b in api.list_repo_refs(f"{prefix}-idm").branches}

@@ -75,8 +75,14 @@ class SwirlLoopConfig:
     )
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "A `datasets` folder (save_to_disk) with the splits 'unlabelled' (state, next_state), "
-                  "'labelled' and 'test' (state, action, next_state), used instead of the environment's data."},
+        metadata={"help": "Your own data instead of the environment's: a `datasets` folder (save_to_disk) or a Hub "
+                  "dataset id[@revision] (e.g. a run's PREFIX-data@iter-0-data) with the splits 'unlabelled' "
+                  "(state, next_state), 'labelled' and 'test' (state, action, next_state)."},
+    )
+    first_iteration: int = field(
+        default=1,
+        metadata={"help": "Number of the first SWIRL iteration: continue a chain (e.g. one on the Hub, started "
+                  "from its latest revisions with --warmstart false) as iterations K+1, K+2, ..."},
     )
     multiturn: bool = field(
         default=False,
@@ -139,6 +145,8 @@ class SwirlLoopConfig:
     def __post_init__(self):
         if self.mode not in ("swirl", "self_training"):
             raise ValueError(f"`mode` must be 'swirl' or 'self_training', got {self.mode!r}.")
+        if self.first_iteration < 1:
+            raise ValueError(f"`first_iteration` must be >= 1 (iteration 0 is the warm start), got {self.first_iteration}.")
         if self.swirl_iterations < 0:
             raise ValueError(f"`swirl_iterations` must be >= 0, got {self.swirl_iterations}.")
         if self.environment is None and self.dataset_path is None:
@@ -173,10 +181,10 @@ def read_record(folder: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def phase_plan(swirl_iterations: int, warmstart: bool = True) -> list[tuple[int, str]]:
+def phase_plan(swirl_iterations: int, warmstart: bool = True, first_iteration: int = 1) -> list[tuple[int, str]]:
     """The ordered (iteration, name) phases of a run: warm start, then label/fwm/idm per iteration."""
     plan = [(0, "warmstart-fwm"), (0, "warmstart-idm")] if warmstart else []
-    for k in range(1, swirl_iterations + 1):
+    for k in range(first_iteration, first_iteration + swirl_iterations):
         plan += [(k, "labels"), (k, "fwm"), (k, "idm")]
     return plan
 
@@ -256,7 +264,14 @@ def validate_splits(splits: DatasetDict, args: SwirlConfig, need_labelled: bool)
 def load_or_make_splits(loop_args: SwirlLoopConfig, data_dir: Path) -> DatasetDict:
     if data_dir.exists():
         return load_from_disk(str(data_dir))
-    if loop_args.dataset_path is not None:
+    if loop_args.dataset_path is not None and not os.path.exists(loop_args.dataset_path):
+        from datasets import load_dataset
+
+        from .trainer import split_model_revision
+
+        repo, revision = split_model_revision(loop_args.dataset_path)
+        splits = load_dataset(repo, revision=revision)
+    elif loop_args.dataset_path is not None:
         splits = load_from_disk(loop_args.dataset_path)
         if not isinstance(splits, DatasetDict):
             splits = DatasetDict({"unlabelled": splits})
@@ -503,7 +518,8 @@ def run_loop(loop_args: SwirlLoopConfig, swirl_args: SwirlConfig, splits: Datase
     run_dir.mkdir(parents=True, exist_ok=True)
     if not data_dir.exists():
         splits.save_to_disk(str(data_dir))
-        if loop_args.push_to_hub_prefix:
+        from_hub = loop_args.dataset_path is not None and not os.path.exists(loop_args.dataset_path)
+        if loop_args.push_to_hub_prefix and not from_hub:  # data read from the Hub is there already
             _push_data(splits, "iter-0-data", loop_args, kind="state-only", source=str(loop_args.environment or
                                                                                       loop_args.dataset_path))
     _write_json(run_dir / RUN_CONFIG_NAME, recorded)
@@ -518,7 +534,7 @@ def run_loop(loop_args: SwirlLoopConfig, swirl_args: SwirlConfig, splits: Datase
 
     records: list[dict] = []
     labels_ref: str | None = None
-    for iteration, name in phase_plan(loop_args.swirl_iterations, loop_args.warmstart):
+    for iteration, name in phase_plan(loop_args.swirl_iterations, loop_args.warmstart, loop_args.first_iteration):
         folder = phase_dir(run_dir, iteration, name)
         record = read_record(folder)
         if record is not None:  # finished earlier: reuse, never rewrite
