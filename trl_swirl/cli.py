@@ -44,12 +44,13 @@ def _names_models(argv: list[str]) -> bool:
     return False
 
 
-def _loop(argv: list[str]) -> int:
+def parse_loop_args(argv: list[str]):
+    """(loop_args, swirl_args, recipe name) for `trl-swirl loop ARGV`, with the recipe's defaults under the flags."""
     import torch
     from trl import TrlParser
 
     from .config import SwirlConfig
-    from .loop import SwirlLoopConfig, run_loop
+    from .loop import SwirlLoopConfig
 
     parser = TrlParser((SwirlLoopConfig, SwirlConfig), prog="trl-swirl loop")
     on_gpu = torch.cuda.is_available()
@@ -60,6 +61,13 @@ def _loop(argv: list[str]) -> int:
     if recipe == "tiny-cpu" and not on_gpu:
         parser.set_defaults(torch_num_threads=1)
     loop_args, swirl_args = parser.parse_args_and_config(argv)
+    return loop_args, swirl_args, recipe
+
+
+def _loop(argv: list[str]) -> int:
+    from .loop import run_loop
+
+    loop_args, swirl_args, recipe = parse_loop_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger(__name__).info("trl-swirl loop: defaults of the %r recipe", recipe)
     records = run_loop(loop_args, swirl_args)
