@@ -104,6 +104,10 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # LFS basic transfer instead of the Xet protocol
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # transformers keeps one shared HfApi, bound to the endpoint of its first use: a new one per test server
+    import transformers.utils.hub as transformers_hub
+
+    monkeypatch.setattr(transformers_hub, "_hf_api", None, raising=False)
     assert constants.ENDPOINT.startswith("http://127.0.0.1:")
     yield server
     server.stop()
