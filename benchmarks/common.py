@@ -22,6 +22,18 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+
+def add_default_arguments(parser, defaults: dict) -> None:
+    """One `--KEY` flag per entry of a benchmark's DEFAULTS (ints for None defaults, GRPO's choices for
+    `scale_rewards`)."""
+    for key, value in defaults.items():
+        if key == "scale_rewards":
+            parser.add_argument(f"--{key}", default=value, choices=["group", "batch", "none"])
+        elif value is None:
+            parser.add_argument(f"--{key}", type=int, default=None)
+        else:
+            parser.add_argument(f"--{key}", type=type(value), default=value)
+
 # ----------------------------------------------------------------------------------------------------- machine
 
 

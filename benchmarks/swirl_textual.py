@@ -35,6 +35,9 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_default_arguments  # noqa: E402  (benchmarks/common.py)
+
 HERE = Path(__file__).resolve().parent
 ENVIRONMENTS = ("physics", "web", "tools")
 FWM_KEYS = ("fwm_exact_match", "fwm_f1", "fwm_action_selection_accuracy")
@@ -81,13 +84,7 @@ def parse_args(argv=None):
                    "the labelled rows, as the self-training control does (self_training_epochs / _learning_rate)")
     p.add_argument("--per_seed_json", default=None, help="also write every seed's metrics and timings here")
     p.add_argument("--tag", default=None, help="a name for this configuration (recorded in the JSON)")
-    for key, value in DEFAULTS.items():
-        if key == "scale_rewards":
-            p.add_argument(f"--{key}", default=value, choices=["group", "batch", "none"])
-        elif value is None:
-            p.add_argument(f"--{key}", type=int, default=None)
-        else:
-            p.add_argument(f"--{key}", type=type(value), default=value)
+    add_default_arguments(p, DEFAULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.envs, args.seeds = [args.envs[0] if len(args.envs) == 1 else "physics"], args.seeds[:1]

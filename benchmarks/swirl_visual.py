@@ -33,6 +33,9 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_default_arguments  # noqa: E402  (benchmarks/common.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -92,13 +95,7 @@ def parse_args(argv=None):
     p.add_argument("--strip_examples", type=int, default=8)
     p.add_argument("--tag", default=None)
     p.add_argument("--markdown_only", action="store_true", help="rewrite the .md from an existing .json and exit")
-    for key, value in DEFAULTS.items():
-        if key == "scale_rewards":
-            p.add_argument(f"--{key}", default=value, choices=["group", "batch", "none"])
-        elif value is None:
-            p.add_argument(f"--{key}", type=int, default=None)
-        else:
-            p.add_argument(f"--{key}", type=type(value), default=value)
+    add_default_arguments(p, DEFAULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds = args.seeds[:1]
