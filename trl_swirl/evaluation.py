@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
-import string
 from collections import Counter
 from typing import Any, Iterable, Sequence
+
+from .templates import template_fields
 
 
 __all__ = [
@@ -97,30 +97,12 @@ def token_f1(preds: Sequence[str], refs: Sequence[str]) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _template_fields(template: str) -> list[str]:
-    """Names of the fields used by a ``str.format`` template, in order, without duplicates."""
-    names: list[str] = []
-    for _, field_name, format_spec, _ in string.Formatter().parse(template):
-        if field_name is None:
-            continue
-        base = re.split(r"[.\[]", field_name, maxsplit=1)[0]
-        if base == "" or base.isdigit():
-            raise ValueError(
-                f"Template {template!r} has a positional field {{{field_name}}}; use named fields such as {{state}}."
-            )
-        if base not in names:
-            names.append(base)
-        if format_spec:  # nested fields, e.g. "{state:>{width}}"
-            names.extend(n for n in _template_fields(format_spec) if n not in names)
-    return names
-
-
 def render(template: str, **values: Any) -> str:
     """``template.format(...)`` with only the fields the template uses, taken from ``values``.
 
     Extra values are ignored; a field without a value raises a ``ValueError`` that names it.
     """
-    fields = _template_fields(template)
+    fields = template_fields(template)
     for name in fields:
         if name not in values:
             raise ValueError(

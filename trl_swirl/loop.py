@@ -320,15 +320,9 @@ def build_default_models(run_dir: Path, loop_args: SwirlLoopConfig, splits: Data
 
 def load_model(reference: str, swirl_args: SwirlConfig | None = None):
     """(model, tokenizer) from a local folder or `repo_id@revision`, safetensors only."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .trainer import load_model_and_tokenizer
 
-    from .trainer import split_model_revision
-
-    repo, revision = split_model_revision(reference)
-    trust = bool(getattr(swirl_args, "trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, use_safetensors=True, trust_remote_code=trust)
-    tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=trust)
-    return model, tokenizer
+    return load_model_and_tokenizer(reference, trust_remote_code=bool(getattr(swirl_args, "trust_remote_code", False)))
 
 
 # ------------------------------------------------------------------------------------------------------ the phases

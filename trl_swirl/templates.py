@@ -14,6 +14,7 @@ layout matches what the warm-start SFT teaches (prompt = template, completion = 
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Sequence
 from typing import Any
@@ -28,13 +29,24 @@ _REQUIRED = {"fwm": {"state", "action"}, "idm": {"state", "next_state"}}
 _FORBIDDEN = {"fwm": "next_state", "idm": "action"}
 
 
-def template_fields(template: str) -> set[str]:
-    """Names of the replacement fields used by a format string (``"{state} {action}"`` -> ``{"state", "action"}``)."""
-    fields = set()
-    for _, field_name, _, _ in string.Formatter().parse(template):
-        if field_name is not None:
-            fields.add(field_name.split(".")[0].split("[")[0])
-    return fields
+def template_fields(template: str) -> list[str]:
+    """Names of the replacement fields of a format string, in order, without duplicates
+    (``"{state} {action}"`` -> ``["state", "action"]``); nested fields of format specs count too. A positional
+    field (``{}``, ``{0}``) is a `ValueError`: templates use named fields."""
+    names: list[str] = []
+    for _, field_name, format_spec, _ in string.Formatter().parse(template):
+        if field_name is None:
+            continue
+        base = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        if base == "" or base.isdigit():
+            raise ValueError(
+                f"Template {template!r} has a positional field {{{field_name}}}; use named fields such as {{state}}."
+            )
+        if base not in names:
+            names.append(base)
+        if format_spec:  # nested fields, e.g. "{state:>{width}}"
+            names.extend(n for n in template_fields(format_spec) if n not in names)
+    return names
 
 
 def validate_template(template: str, direction: str, option_name: str | None = None) -> None:
@@ -43,7 +55,7 @@ def validate_template(template: str, direction: str, option_name: str | None = N
     if not isinstance(template, str) or not template.strip():
         raise ValueError(f"`{option_name}` must be a non-empty format string, got {template!r}.")
     try:
-        fields = template_fields(template)
+        fields = set(template_fields(template))
     except ValueError as err:
         raise ValueError(f"`{option_name}` is not a valid format string ({err}): {template!r}") from err
     unknown = fields - ALLOWED_FIELDS

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import textwrap
-from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -42,15 +41,15 @@ def split_model_revision(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def load_partner(name_or_path: str, init_kwargs: dict | None = None, trust_remote_code: bool = False):
-    """Load a partner (model, tokenizer) from a Hub id (optionally `id@revision`) or a local folder, frozen, in eval
-    mode, with safetensors only."""
+def load_model_and_tokenizer(name_or_path: str, init_kwargs: dict | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) from a Hub id (optionally `id@revision`) or a local folder, with safetensors only;
+    `init_kwargs` go to `AutoModelForCausalLM.from_pretrained` (a `dtype` may be given as a string)."""
     repo, revision = split_model_revision(name_or_path)
     kwargs = dict(init_kwargs or {})
     if revision is not None:
         if kwargs.get("revision") not in (None, revision):
             raise ValueError(
-                f"The partner {name_or_path!r} names revision {revision!r} but `partner_model_init_kwargs` says "
+                f"The model {name_or_path!r} names revision {revision!r} but its init kwargs say "
                 f"revision {kwargs['revision']!r}; give the revision in one place only."
             )
         kwargs["revision"] = revision
@@ -63,6 +62,12 @@ def load_partner(name_or_path: str, init_kwargs: dict | None = None, trust_remot
     tokenizer = AutoTokenizer.from_pretrained(
         repo, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"]
     )
+    return model, tokenizer
+
+
+def load_partner(name_or_path: str, init_kwargs: dict | None = None, trust_remote_code: bool = False):
+    """Load a partner (model, tokenizer) like `load_model_and_tokenizer`, frozen and in eval mode."""
+    model, tokenizer = load_model_and_tokenizer(name_or_path, init_kwargs, trust_remote_code)
     freeze(model)
     return model, tokenizer
 
