@@ -1,4 +1,4 @@
-"""Scoring options (`scoring_batch_size`, `partner_offload`) change how the partner scores, never what it scores; and
+"""Scoring options (`scoring_batch_size`, `partner_offload`, `partner_share_prefix`) change how the partner scores, never what it scores; and
 the two-adapter mode trains the policy's adapter only."""
 
 import pytest
@@ -96,7 +96,8 @@ def default_run(tmp_path_factory, tiny_dir):
 @pytest.mark.parametrize(
     "overrides",
     [{"scoring_batch_size": b} for b in BATCH_SIZES]
-    + [{"partner_offload": True}, {"partner_offload": True, "scoring_batch_size": 3}],
+    + [{"partner_offload": True}, {"partner_offload": True, "scoring_batch_size": 3}]
+    + [{"partner_share_prefix": False}],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_trainer_scoring_options_give_the_default_rewards(tmp_path, tiny_dir, default_run, overrides):
@@ -106,6 +107,7 @@ def test_trainer_scoring_options_give_the_default_rewards(tmp_path, tiny_dir, de
     # the config reached the reward function the trainer uses
     assert reward.batch_size == overrides.get("scoring_batch_size")
     assert reward.offload == overrides.get("partner_offload", False)
+    assert reward.share_prefix == overrides.get("partner_share_prefix", True)
     assert trainer.reward_funcs[0] is reward
     if reward.offload:
         assert reward.device == trainer.accelerator.device

@@ -49,6 +49,9 @@ class SwirlConfig(GRPOConfig):
             How many (context, target) pairs the partner scores per forward pass. `None`: all at once.
         partner_offload (`bool`, defaults to `False`):
             Keep a separate partner model on the CPU between scoring calls (for tight GPU memory).
+        partner_share_prefix (`bool`, defaults to `True`):
+            Compute a prefix that several scoring contexts share (a GRPO group's prompt) once per batch and reuse its
+            key/value cache for every member. Same rewards up to float rounding; `False` scores whole sequences.
         fwm_template, idm_template (`str`):
             Format strings over `{state}`, `{action}`, `{next_state}` and optionally `{history}` for the two
             directions. The FWM template must not contain `{next_state}` and the IDM template not `{action}`.
@@ -129,6 +132,14 @@ class SwirlConfig(GRPOConfig):
     partner_offload: bool = field(
         default=False,
         metadata={"help": "Keep a separate partner model on the CPU between scoring calls (for tight GPU memory)."},
+    )
+    partner_share_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute a prefix that several scoring contexts share (a GRPO group's prompt) once per batch and "
+            "reuse its key/value cache for every member. Same rewards up to float rounding; False scores whole "
+            "sequences."
+        },
     )
     fwm_template: str = field(
         default=DEFAULT_FWM_TEMPLATE,

@@ -15,8 +15,12 @@ Scoring rules (also in the README):
   `include_eos` is set (and the tokenizer has one);
 * the reward is the mean (or sum) of the target tokens' log-probabilities, clipped below at `clip_min` (-10 by
   default, as in the paper's code);
-* pairs are scored in left-padded batches sorted by length (`batch_size` pairs per forward pass), under `no_grad`,
-  with the partner in eval mode; the padding token is irrelevant (it is masked), so a tokenizer without one works;
+* pairs are scored in left-padded batches sorted by length (`batch_size` pairs per batch), under `no_grad`, with the
+  partner in eval mode; the padding token is irrelevant (it is masked), so a tokenizer without one works;
+* identical (context, target) pairs are scored once; with `share_prefix` (the default) contexts that start with the
+  same tokens, as the completions of one GRPO group do (they share the rendered prompt), are grouped and their common
+  prefix goes through the partner once per batch: its key/value cache serves every member, so each batch takes two
+  forward passes and the prompt's tokens are computed once per group instead of once per completion;
 * truncation: when context + target exceeds `max_length` (default: the partner's own limit), the context is
   truncated from the left; the target is never truncated: a target that does not fit with at least one context
   token raises a `ValueError`.
@@ -25,6 +29,7 @@ Scoring rules (also in the README):
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 from collections.abc import Sequence
@@ -35,7 +40,6 @@ import torch.nn.functional as F
 
 from .evaluation import _eval_mode  # eval mode + no_grad, training flag restored
 from .templates import DEFAULT_FWM_TEMPLATE, DEFAULT_IDM_TEMPLATE, PHASES, SwirlTemplates, completion_text
-
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,10 @@ class PartnerReward:
             restored after scoring.
         device (`torch.device`, *optional*):
             Where scoring runs; defaults to the model's device.
+        share_prefix (`bool`, defaults to `True`):
+            Run a prefix that several contexts share (a GRPO group's prompt) through the partner once and reuse its
+            key/value cache. Same rewards up to float rounding; needs a forward that takes a cache (`cache` or
+            `past_key_values`) and `position_ids` (otherwise whole sequences are scored).
     """
 
     #: name TRL uses for the logged metrics: `rewards/swirl_partner_logprob/mean` and `/std`
@@ -145,6 +153,7 @@ class PartnerReward:
         offload: bool = False,
         adapter_name: str | None = None,
         device: torch.device | str | None = None,
+        share_prefix: bool = True,
     ):
         if phase not in PHASES:
             raise ValueError(f"`phase` must be one of {list(PHASES)}, got {phase!r}.")
@@ -188,6 +197,27 @@ class PartnerReward:
         params = _forward_parameters(model)
         self._accepts_logits_to_keep = "logits_to_keep" in params
         self._accepts_position_ids = "position_ids" in params
+        self._accepts_use_cache = "use_cache" in params
+        self.share_prefix = share_prefix
+        self._use_shared_prefix = share_prefix and self._supports_shared_prefix(params)
+        self.last_stats: dict[str, int] = {}
+
+    def _supports_shared_prefix(self, params: set[str]) -> bool:
+        # transformers renamed the forward's `past_key_values` to `cache` (5.x); take whichever the model has
+        self._cache_argument = next((name for name in ("cache", "past_key_values") if name in params), None)
+        needed = {
+            "cache": self._cache_argument,
+            "position_ids": "position_ids" in params,
+            "use_cache": "use_cache" in params,
+        }
+        missing = [name for name, ok in needed.items() if not ok]
+        peft_config = getattr(self.model, "peft_config", None) or {}
+        prompt_learning = any(getattr(c, "is_prompt_learning", False) for c in peft_config.values())
+        if missing or prompt_learning:
+            reason = f"its forward takes no {' or '.join(missing)}" if missing else "it has a prompt-learning adapter"
+            logger.info("The partner scores whole sequences (no shared-prefix cache): %s.", reason)
+            return False
+        return True
 
     # ------------------------------------------------------------------------------------------------ reward API
     @property
@@ -300,12 +330,39 @@ class PartnerReward:
 
     @torch.no_grad()
     def score_ids(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-        """Reduced (unclipped) log-probabilities of each target id list given its context id list."""
+        """Reduced (unclipped) log-probabilities of each target id list given its context id list.
+
+        Identical pairs are scored once. With `share_prefix`, contexts that begin with the same tokens (the rows of a
+        GRPO group share their whole prompt) are grouped, and each group's common prefix goes through the partner once
+        per batch: its key/value cache is reused by every member's remaining tokens. Within a batch, rows are split
+        into forward passes of similar length where that saves at least an eighth of the batch's tokens in padding
+        per extra pass. `last_stats` records the work done: real and padded tokens fed, and forward passes.
+        """
+        stats = {"pairs": len(pairs), "unique_pairs": 0, "tokens": 0, "computed_tokens": 0, "padded_tokens": 0}
+        stats["forward_calls"] = 0
+        self.last_stats = stats
         if not pairs:
             return []
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
-        batch_size = self.batch_size or len(pairs)
-        results: list[float] = [0.0] * len(pairs)
+        index: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        unique: list[tuple[list[int], list[int]]] = []
+        slot = []
+        for ctx, tgt in pairs:
+            key = (tuple(ctx), tuple(tgt))
+            if key not in index:
+                index[key] = len(unique)
+                unique.append((list(ctx), list(tgt)))
+            slot.append(index[key])
+        length = [len(c) + len(t) for c, t in unique]
+        stats["unique_pairs"], stats["tokens"] = len(unique), sum(length)
+        if self._use_shared_prefix:
+            groups = shared_prefix_groups([ctx for ctx, _ in unique])
+        else:
+            groups = [(0, [i]) for i in range(len(unique))]
+        # length-sorted batches: groups by their longest member, members by length
+        groups.sort(key=lambda g: max(length[i] for i in g[1]), reverse=True)
+        rows = [(i, p) for p, members in groups for i in sorted(members, key=lambda i: -length[i])]
+        batch_size = self.batch_size or len(rows)
+        values: list[float] = [0.0] * len(unique)
         device = self.device or model_device(self.model)
         with contextlib.ExitStack() as stack:
             if self.offload:
@@ -313,32 +370,48 @@ class PartnerReward:
                 stack.callback(self.model.to, "cpu")
             stack.enter_context(_active_adapter(self.model, self.adapter_name))
             stack.enter_context(_eval_mode(self.model))
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                values = self._score_batch([pairs[i] for i in chunk], device)
-                for i, value in zip(chunk, values):
-                    results[i] = value
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                scores = self._score_chunk([unique[i] for i, _ in chunk], [p for _, p in chunk], device, stats)
+                for (i, _), value in zip(chunk, scores):
+                    values[i] = value
         if self.offload and device.type == "cuda":
             torch.cuda.empty_cache()
-        return results
+        return [values[j] for j in slot]
 
-    def _score_batch(self, pairs, device) -> list[float]:
-        lengths = [len(c) + len(t) for c, t in pairs]
-        width = max(lengths)
-        max_target = max(len(t) for _, t in pairs)
-        input_ids = torch.full((len(pairs), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, (ctx, tgt) in enumerate(pairs):  # left padding: every target ends at the last column
-            seq = ctx + tgt
-            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq) :] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    def _score_chunk(self, pairs, prefix_lengths, device, stats) -> list[float]:
+        total = sum(len(c) + len(t) for c, t in pairs)
+        # rows of one group are neighbours; each group's prefix is computed once instead of once per member
+        group_of_row, prefixes = [], []
+        for (ctx, _), p in zip(pairs, prefix_lengths):
+            if not group_of_row or p == 0 or (p, ctx[:p]) != (group_of_row[-1][1], prefixes[-1]):
+                prefixes.append(ctx[:p])
+            group_of_row.append((len(prefixes) - 1, p))
+        counts = [0] * len(prefixes)
+        for g, _ in group_of_row:
+            counts[g] += 1
+        saved = sum((n - 1) * len(prefix) for n, prefix in zip(counts, prefixes))
+        if saved * 8 < total:  # too little shared to pay for the extra forward pass
+            lengths = [len(c) + len(t) for c, t in pairs]
+            values: list[float] = [0.0] * len(pairs)
+            for bucket in length_buckets(lengths):
+                for row, value in zip(bucket, self._score_full([pairs[r] for r in bucket], device, stats)):
+                    values[row] = value
+            return values
+        return self._score_shared(pairs, group_of_row, prefixes, device, stats)
+
+    def _model_kwargs(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._accepts_use_cache:
+            kwargs["use_cache"] = use_cache
         if self._accepts_position_ids:
-            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = position_ids
         if self._accepts_logits_to_keep:
-            kwargs["logits_to_keep"] = max_target + 1
-        logits = self.model(**kwargs).logits
+            kwargs["logits_to_keep"] = logits_to_keep
+        return kwargs
+
+    def _reduce(self, logits, input_ids, pairs, max_target: int) -> list[float]:
+        """Reduce the target tokens' log-probabilities; every row's target ends at the last column."""
         logits = logits[:, -(max_target + 1) : -1, :].float()  # position p predicts token p + 1
         target_ids = input_ids[:, -max_target:]
         token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, target_ids.unsqueeze(-1)).squeeze(-1)
@@ -348,3 +421,154 @@ class PartnerReward:
             value = row_logps.sum() if self.reduction == "sum" else row_logps.mean()
             values.append(value.item())
         return values
+
+    def _count(self, stats, attention_mask) -> None:
+        stats["computed_tokens"] += int(attention_mask.sum())
+        stats["padded_tokens"] += attention_mask.numel()
+        stats["forward_calls"] += 1
+
+    def _score_full(self, pairs, device, stats) -> list[float]:
+        """One forward pass over whole sequences, left-padded so that every target ends at the last column."""
+        width = max(len(c) + len(t) for c, t in pairs)
+        max_target = max(len(t) for _, t in pairs)
+        input_ids, attention_mask = _left_padded([c + t for c, t in pairs], width, self._pad_id)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = self._model_kwargs(input_ids, attention_mask, position_ids, max_target + 1, use_cache=False)
+        logits = self.model(**kwargs).logits
+        self._count(stats, attention_mask)
+        return self._reduce(logits, input_ids, pairs, max_target)
+
+    def _score_shared(self, pairs, group_of_row, prefixes, device, stats) -> list[float]:
+        """The groups' prefixes in one forward pass (left-padded, cache kept), then each row's remaining context and
+        target on top of a copy of its group's cache (padded between prefix and rest, so that targets end at the last
+        column). A row alone in its group puts its context, up to the longest shared prefix, in the first pass."""
+        longest = max(len(prefix) for prefix in prefixes)
+        for g, ((ctx, _), (group, p)) in enumerate(zip(pairs, group_of_row)):
+            if p == 0:  # a row without a group: the prefix pass takes what it can without widening
+                p = min(len(ctx) - 1, longest)
+                prefixes[group] = ctx[:p]
+                group_of_row[g] = (group, p)
+        if any(not prefix for prefix in prefixes):  # a one-token context: nothing to put in the prefix pass
+            lengths = [len(c) + len(t) for c, t in pairs]
+            values: list[float] = [0.0] * len(pairs)
+            for bucket in length_buckets(lengths):
+                for row, value in zip(bucket, self._score_full([pairs[r] for r in bucket], device, stats)):
+                    values[row] = value
+            return values
+        prefix_ids, prefix_mask = _left_padded(prefixes, max(len(p) for p in prefixes), self._pad_id)
+        prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
+        prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(**self._model_kwargs(prefix_ids, prefix_mask, prefix_positions, 1, use_cache=True))
+        self._count(stats, prefix_mask)
+        prefix_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        del out
+        if prefix_cache is None:
+            raise RuntimeError(
+                f"The partner ({type(self.model).__name__}) returned no key/value cache with `use_cache=True`, so the "
+                "shared prefix cannot be reused. Set `partner_share_prefix=False` (or `share_prefix=False`)."
+            )
+
+        rests = [ctx[p:] + tgt for (ctx, tgt), (_, p) in zip(pairs, group_of_row)]
+        buckets = length_buckets([len(rest) for rest in rests])
+        values = [0.0] * len(pairs)
+        for b, bucket in enumerate(buckets):
+            cache = prefix_cache if b == len(buckets) - 1 else copy.deepcopy(prefix_cache)
+            group_index = torch.tensor([group_of_row[r][0] for r in bucket], dtype=torch.long, device=device)
+            cache.reorder_cache(group_index)  # one copy of its group's prefix cache per row
+            bucket_rests = [rests[r] for r in bucket]
+            rest_ids, rest_mask = _left_padded(bucket_rests, max(len(rest) for rest in bucket_rests), self._pad_id)
+            rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
+            attention_mask = torch.cat([prefix_mask.index_select(0, group_index), rest_mask], dim=1)
+            starts = torch.tensor([group_of_row[r][1] for r in bucket], dtype=torch.long, device=device)
+            position_ids = starts[:, None] + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+            max_target = max(len(pairs[r][1]) for r in bucket)
+            kwargs = self._model_kwargs(rest_ids, attention_mask, position_ids, max_target + 1, use_cache=True)
+            kwargs[self._cache_argument] = cache
+            logits = self.model(**kwargs).logits
+            self._count(stats, rest_mask)
+            del cache
+            for row, value in zip(bucket, self._reduce(logits, rest_ids, [pairs[r] for r in bucket], max_target)):
+                values[row] = value
+        return values
+
+
+def length_buckets(lengths: Sequence[int], overhead: float | None = None) -> list[list[int]]:
+    """Split rows into forward passes of similar length: the partition of the length-sorted rows that minimises the
+    padded tokens plus `overhead` tokens per extra pass (default: an eighth of the real tokens, so a split must save
+    that much padding). Returns lists of row indices, longest rows first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    if n == 0:
+        return []
+    overhead = sum(lengths) / 8 if overhead is None else overhead
+    cost = [0.0] + [float("inf")] * n  # cost[j]: best cost of the first j sorted rows
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # last pass: sorted rows i .. j-1, padded to the longest, lengths[order[i]]
+            c = cost[i] + (j - i) * lengths[order[i]] + (overhead if i > 0 else 0.0)
+            if c < cost[j]:
+                cost[j], start[j] = c, i
+    buckets = []
+    j = n
+    while j > 0:
+        buckets.append([order[k] for k in range(start[j], j)])
+        j = start[j]
+    return buckets[::-1]
+
+
+def _left_padded(sequences: Sequence[list[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, width - len(seq) :] = 1
+    return input_ids, attention_mask
+
+
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def shared_prefix_groups(contexts: Sequence[Sequence[int]], window: int = 256) -> list[tuple[int, list[int]]]:
+    """Partition contexts into groups that share a token prefix, maximising the tokens saved.
+
+    Returns `(prefix_length, indices)` per group; a group of one has prefix length 0 (nothing shared). A group's prefix
+    is shorter than each member's context, so every member keeps at least its last context token, whose logits predict
+    the target's first token. Contexts are sorted, so a group is a run of neighbours; the partition of the sorted list
+    that saves the most tokens, sum over groups of (size - 1) * prefix length, is found exactly by dynamic programming
+    over runs of at most `window` neighbours.
+    """
+    order = sorted(range(len(contexts)), key=lambda i: list(contexts[i]))
+    n = len(order)
+    if n == 0:
+        return []
+    cap = [len(contexts[i]) - 1 for i in order]  # longest usable prefix of each context
+    adjacent = [
+        _common_prefix_length(contexts[order[k]], contexts[order[k + 1]]) for k in range(n - 1)
+    ]  # adjacent[k]: shared by sorted contexts k and k + 1
+    best = [0] * (n + 1)  # best[j]: most tokens saved on the first j sorted contexts
+    split: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its prefix length)
+    for j in range(1, n + 1):
+        best[j], split[j] = best[j - 1], (j - 1, 0)  # context j-1 alone
+        prefix = cap[j - 1]
+        for i in range(j - 2, max(-1, j - 1 - window), -1):  # run i .. j-1
+            prefix = min(prefix, adjacent[i], cap[i])
+            if prefix <= 0:
+                break
+            saved = best[i] + (j - 1 - i) * prefix
+            if saved > best[j]:
+                best[j], split[j] = saved, (i, prefix)
+    groups = []
+    j = n
+    while j > 0:
+        i, prefix = split[j]
+        groups.append((prefix, [order[k] for k in range(i, j)]))
+        j = i
+    groups.reverse()
+    return groups

@@ -243,6 +243,7 @@ class SwirlTrainer(GRPOTrainer):
             batch_size=args.scoring_batch_size,
             offload=args.partner_offload,
             adapter_name=adapter_name,
+            share_prefix=args.partner_share_prefix,
         )
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             self._check_targets_fit(dataset, args, name)
