@@ -2,19 +2,26 @@
 
     python benchmarks/bench_scoring.py
 
-Both sides score the same 32 (context, target) pairs of phase `fwm` (the IDM partner scores the row's action given the
-state and a generated next state) with the same model:
+Each workload is one reward call of 32 completions, scored three ways by the same model:
 
-* `batched`: `PartnerReward(...)(completions=..., state=..., action=...)`: length-sorted, left-padded batches
-  (`batch_size=None`: all 32 in one forward pass), logits only for the target positions (`logits_to_keep`);
 * `per_sample`: for each pair, tokenize context + target, one forward pass over the whole sequence, log-softmax over
-  the full logits, gather the target tokens, mean: what a straightforward per-example implementation does.
+  the full logits, gather the target tokens, mean: what a straightforward per-example implementation does;
+* `batched_no_share`: `PartnerReward(share_prefix=False)`: length-sorted, left-padded batch (`batch_size=None`: all 32
+  in one forward pass), logits only for the target positions (`logits_to_keep`);
+* `batched` (the default `PartnerReward`): the same, plus the shared-prefix cache: the contexts of one GRPO group share
+  the rendered prompt, whose tokens go through the partner once per group instead of once per completion.
 
-The two must agree (the max absolute difference is recorded). Timing alternates the sides (A, B, B, A, ...) and takes
-medians. Writes `benchmarks/results/scoring.json` with `scoring_speedup_ratio` = per_sample / batched (target >= 5)
-for the main configuration (hidden 256, 4 layers, vocabulary 4096), and the ratio for other model and vocabulary sizes:
-on a CPU the forward pass is compute-bound, so batching saves the per-call overhead (and, with `logits_to_keep`, the
-full-vocabulary logits), which matters more for small models and large vocabularies.
+All three must agree (max absolute differences recorded). Timing alternates the sides and takes medians. Workloads
+(fixed before measuring; the first is the main one):
+
+* `grpo_fwm`: phase fwm, 4 prompts x 8 generations (the paper's forward phase uses 8), block-world text states;
+* `ungrouped_fwm`: phase fwm, 32 different prompts (no groups: what batching alone gives);
+* `grpo_idm`: phase idm, 2 prompts x 16 generations (the paper's inverse phase uses 16), short generated actions;
+* `image_fwm`, `image_idm`: as above with states of 256 image tokens (the paper's images are 1024 VQ tokens).
+
+Writes `benchmarks/results/scoring.json` with `scoring_speedup_ratio` = per_sample / batched (target >= 5) for the
+main workload and model (hidden 256, 4 layers, vocabulary 4096), the ratios of every workload, and the main workload's
+ratio for other model and vocabulary sizes.
 """
 
 from __future__ import annotations
@@ -46,65 +53,98 @@ def per_sample_scores(model, tokenizer, contexts, targets) -> list[float]:
     return values
 
 
-def completions_batch(n: int, tokenizer, rows, seed: int = 0) -> list[str]:
-    """Generated next states: the true next state, perturbed, with lengths that vary (as sampling makes them)."""
+WORKLOADS = {  # name: (phase, prompts, generations per prompt, image tokens per state; 0 = block-world text)
+    "grpo_fwm": ("fwm", 4, 8, 0),
+    "ungrouped_fwm": ("fwm", 32, 1, 0),
+    "grpo_idm": ("idm", 2, 16, 0),
+    "image_fwm": ("fwm", 4, 8, 256),
+    "image_idm": ("idm", 2, 16, 256),
+}
+MAIN_WORKLOAD = "grpo_fwm"
+
+
+def workload_batch(tokenizer, *, phase: str, prompts: int, generations: int, image_tokens: int, seed: int = 0):
+    """One reward call: the dataset columns repeated per generation, and generated completions of varying length
+    (text: the true next state or action, cut and extended with random words; images: random image tokens)."""
     rng = random.Random(seed)
-    words = [w for w in tokenizer.get_vocab() if not w.startswith("<")]
-    out = []
-    for i in range(n):
-        base = rows["next_state"][i].split()
-        extra = [rng.choice(words) for _ in range(rng.randint(0, 24))]
-        out.append(" ".join(base[: rng.randint(3, len(base))] + extra))
-    return out
+    words = sorted(w for w in tokenizer.get_vocab() if not w.startswith("<"))
+    filler = [w for w in words if w.startswith("w")]  # stand-ins for image tokens
+    rows = common.synthetic_rows(prompts, seed=seed)
+    if image_tokens:
+        image = lambda: " ".join(rng.choice(filler) for _ in range(image_tokens))
+        rows["state"] = [image() for _ in range(prompts)]
+        rows["next_state"] = [image() for _ in range(prompts)]
+    columns = {key: [v for v in values for _ in range(generations)] for key, values in rows.items()}
+    completions = []
+    for i in range(prompts * generations):
+        if phase == "fwm" and image_tokens:
+            completions.append(image())
+            continue
+        base = columns["next_state" if phase == "fwm" else "action"][i].split()
+        extra = [rng.choice(words) for _ in range(rng.randint(0, 24 if phase == "fwm" else 4))]
+        completions.append(" ".join(base[: rng.randint(1 if phase == "idm" else 3, len(base))] + extra))
+    return completions, columns
 
 
-def measure(*, hidden_size, num_layers, vocab_size, n, repeats) -> dict:
+def measure(*, hidden_size, num_layers, vocab_size, workload, repeats) -> dict:
     import torch
 
     from trl_swirl import PartnerReward
-    from trl_swirl.templates import DEFAULT_IDM_TEMPLATE
 
+    phase, prompts, generations, image_tokens = WORKLOADS[workload]
     tokenizer = common.build_tokenizer(vocab_size)
     model = common.build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=1).eval()
-    rows = common.synthetic_rows(n, seed=0)
-    completions = completions_batch(n, tokenizer, rows)
-    states, actions = rows["state"], rows["action"]
-    contexts = [DEFAULT_IDM_TEMPLATE.format(state=s, next_state=c.strip()) for s, c in zip(states, completions)]
+    completions, columns = workload_batch(
+        tokenizer, phase=phase, prompts=prompts, generations=generations, image_tokens=image_tokens
+    )
     # defaults (batch_size=None, mean) but no clipping, so the agreement check below is not vacuous: a random model
     # over a 32k vocabulary scores about -ln(32000) = -10.4, which the default clip would turn into -10 on both sides
-    reward = PartnerReward(model, tokenizer, phase="fwm", clip_min=None)
+    shared = PartnerReward(model, tokenizer, phase=phase, clip_min=None)
+    unshared = PartnerReward(model, tokenizer, phase=phase, clip_min=None, share_prefix=False)
+    contexts = [shared.context(state=s, completion=c) for s, c in zip(columns["state"], completions)]
+    targets = columns[shared.target_column]
 
-    def batched():
-        return reward(completions=completions, state=states, action=actions)
-
-    def per_sample():
-        return per_sample_scores(model, tokenizer, contexts, actions)
-
-    got, ref = batched(), per_sample()
-    max_abs_diff = max(abs(a - b) for a, b in zip(got, ref))
-    assert max_abs_diff < 1e-4, f"batched and per-sample scores disagree by {max_abs_diff}"
-    times = common.interleaved({"batched": batched, "per_sample": per_sample}, repeats=repeats, warmup=1)
-    lengths = [len(tokenizer(c)["input_ids"]) + len(tokenizer(a)["input_ids"]) + 1 for c, a in zip(contexts, actions)]
-    ratio = common.median(times["per_sample"]) / common.median(times["batched"])
+    sides = {
+        "batched": lambda: shared(completions=completions, **columns),
+        "batched_no_share": lambda: unshared(completions=completions, **columns),
+        "per_sample": lambda: per_sample_scores(model, tokenizer, contexts, targets),
+    }
+    values = {name: fn() for name, fn in sides.items()}
+    max_abs_diff = {
+        name: max(abs(a - b) for a, b in zip(values[name], values["per_sample"]))
+        for name in ("batched", "batched_no_share")
+    }
+    assert max(max_abs_diff.values()) < 1e-4, f"batched and per-sample scores disagree: {max_abs_diff}"
+    stats = dict(shared.last_stats)
+    times = common.interleaved(sides, repeats=repeats, warmup=1)
+    med = {name: common.median(t) for name, t in times.items()}
+    lengths = [len(tokenizer(c)["input_ids"]) + len(tokenizer(t)["input_ids"]) + 1 for c, t in zip(contexts, targets)]
     return {
-        "scoring_speedup_ratio": ratio,
+        "workload": workload,
+        "phase": phase,
+        "prompts": prompts,
+        "generations": generations,
+        "image_tokens": image_tokens,
+        "scoring_speedup_ratio": med["per_sample"] / med["batched"],
+        "speedup_ratio_without_prefix_sharing": med["per_sample"] / med["batched_no_share"],
+        "prefix_sharing_ratio": med["batched_no_share"] / med["batched"],
         "model": {
             "hidden_size": hidden_size,
             "num_layers": num_layers,
             "vocab_size": len(tokenizer),
             "params": common.num_params(model),
         },
-        "num_completions": n,
+        "num_completions": len(completions),
         "sequence_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
-        "max_abs_diff_batched_vs_per_sample": max_abs_diff,
+        "scoring_stats": stats,
+        "max_abs_diff_vs_per_sample": max_abs_diff,
         "timings_s": times,
-        "batched": common.summary(times["batched"]),
-        "per_sample": common.summary(times["per_sample"]),
+        **{name: common.summary(t) for name, t in times.items()},
         "torch_threads": torch.get_num_threads(),
     }
 
 
-CONFIGS = [  # (hidden_size, num_layers, vocab_size); the first is the main configuration
+MODELS = [  # (hidden_size, num_layers, vocab_size); the first is the main model
     (256, 4, 4096),
     (256, 4, 32000),
     (64, 2, 4096),
@@ -112,62 +152,79 @@ CONFIGS = [  # (hidden_size, num_layers, vocab_size); the first is the main conf
 ]
 
 
+def _line(run) -> str:
+    m = run["model"]
+    return (
+        f"{run['workload']:<14} hidden {m['hidden_size']:>4} layers {m['num_layers']} vocab {m['vocab_size']:>6} "
+        f"({m['params'] / 1e6:.1f}M): per-sample {run['per_sample']['median_s'] * 1e3:7.1f} ms, batched "
+        f"{run['batched_no_share']['median_s'] * 1e3:7.1f} ms, + shared prefix {run['batched']['median_s'] * 1e3:7.1f} "
+        f"ms ({run['scoring_stats']['computed_tokens']}/{run['scoring_stats']['tokens']} tokens) -> ratio "
+        f"{run['scoring_speedup_ratio']:.2f} (without sharing {run['speedup_ratio_without_prefix_sharing']:.2f})"
+    )
+
+
+def _row(run) -> dict:
+    return {
+        "workload": run["workload"],
+        **{k: run["model"][k] for k in ("hidden_size", "num_layers", "vocab_size", "params")},
+        "scoring_speedup_ratio": run["scoring_speedup_ratio"],
+        "speedup_ratio_without_prefix_sharing": run["speedup_ratio_without_prefix_sharing"],
+        "prefix_sharing_ratio": run["prefix_sharing_ratio"],
+        "per_sample_median_s": run["per_sample"]["median_s"],
+        "batched_no_share_median_s": run["batched_no_share"]["median_s"],
+        "batched_median_s": run["batched"]["median_s"],
+        "tokens": run["scoring_stats"]["tokens"],
+        "computed_tokens": run["scoring_stats"]["computed_tokens"],
+        "sequence_tokens": run["sequence_tokens"],
+        "max_abs_diff": run["max_abs_diff_vs_per_sample"],
+        "timings_s": run["timings_s"],
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num_completions", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--main_only", action="store_true", help="measure the main configuration only")
+    parser.add_argument("--main_only", action="store_true", help="measure the main workload and model only")
     args = parser.parse_args(argv)
     common.setup_threads(args.threads)
+    hidden, layers, vocab = MODELS[0]
+    short = max(4, args.repeats // 2)
 
-    runs = []
-    for i, (hidden, layers, vocab) in enumerate(CONFIGS[:1] if args.main_only else CONFIGS):
-        run = measure(
-            hidden_size=hidden, num_layers=layers, vocab_size=vocab, n=args.num_completions,
-            repeats=args.repeats if i == 0 else max(4, args.repeats // 2),
-        )  # fmt: skip
-        runs.append(run)
-        m = run["model"]
-        print(
-            f"hidden {m['hidden_size']:>4} layers {m['num_layers']} vocab {m['vocab_size']:>6} "
-            f"({m['params'] / 1e6:.1f}M params): batched {run['batched']['median_s'] * 1e3:7.1f} ms, per-sample "
-            f"{run['per_sample']['median_s'] * 1e3:7.1f} ms -> ratio {run['scoring_speedup_ratio']:.2f}",
-            flush=True,
-        )
-    main_run = runs[0]
-    m = main_run["model"]
-    print(
-        f"scoring_speedup_ratio (main: hidden {m['hidden_size']}, {m['num_layers']} layers, vocab {m['vocab_size']}): "
-        f"{main_run['scoring_speedup_ratio']:.2f}"
+    main_run = measure(
+        hidden_size=hidden, num_layers=layers, vocab_size=vocab, workload=MAIN_WORKLOAD, repeats=args.repeats
     )
+    print(_line(main_run), flush=True)
+    workload_runs, model_runs = [main_run], [main_run]
+    if not args.main_only:
+        for workload in [w for w in WORKLOADS if w != MAIN_WORKLOAD]:
+            run = measure(hidden_size=hidden, num_layers=layers, vocab_size=vocab, workload=workload, repeats=short)
+            print(_line(run), flush=True)
+            workload_runs.append(run)
+        for hidden_, layers_, vocab_ in MODELS[1:]:
+            run = measure(
+                hidden_size=hidden_, num_layers=layers_, vocab_size=vocab_, workload=MAIN_WORKLOAD, repeats=short
+            )
+            print(_line(run), flush=True)
+            model_runs.append(run)
+    ratio = main_run["scoring_speedup_ratio"]
+    print(f"scoring_speedup_ratio (main: {MAIN_WORKLOAD}, hidden {hidden}, {layers} layers, vocab {vocab}): {ratio:.2f}")
     common.write_result(
         "scoring",
         {
-            "scoring_speedup_ratio": main_run["scoring_speedup_ratio"],
+            "scoring_speedup_ratio": ratio,
             "target": ">= 5",
-            "target_met": main_run["scoring_speedup_ratio"] >= 5,
+            "target_met": ratio >= 5,
             "method": (
-                f"Same {args.num_completions} (context, target) pairs, same model. batched = PartnerReward "
-                "(length-sorted left-padded batch, batch_size=None, logits_to_keep), per_sample = one full forward + "
-                "full log-softmax per pair (no clipping on either side). Interleaved repetitions (A,B,B,A,...) after "
-                f"one warm-up round, medians; torch threads = {args.threads}. The main configuration is the first of `configs`."
+                "One reward call of 32 completions per workload, same model on all sides. per_sample = one full "
+                "forward + full log-softmax per pair; batched_no_share = PartnerReward(share_prefix=False) (one "
+                "length-sorted left-padded batch, logits_to_keep); batched = PartnerReward defaults (plus the "
+                "shared-prefix cache); no clipping. Interleaved repetitions after one warm-up round, medians; torch "
+                f"threads = {args.threads}. Main: workload {MAIN_WORKLOAD}, the first model of `models`."
             ),
             "main": main_run,
-            "configs": [
-                {
-                    "hidden_size": r["model"]["hidden_size"],
-                    "num_layers": r["model"]["num_layers"],
-                    "vocab_size": r["model"]["vocab_size"],
-                    "params": r["model"]["params"],
-                    "scoring_speedup_ratio": r["scoring_speedup_ratio"],
-                    "batched_median_s": r["batched"]["median_s"],
-                    "per_sample_median_s": r["per_sample"]["median_s"],
-                    "max_abs_diff": r["max_abs_diff_batched_vs_per_sample"],
-                    "timings_s": r["timings_s"],
-                }
-                for r in runs
-            ],
+            "workloads": [_row(r) for r in workload_runs],
+            "models": [_row(r) for r in model_runs],
         },
     )
     return 0
