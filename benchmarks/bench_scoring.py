@@ -40,15 +40,16 @@ def per_sample_scores(model, tokenizer, contexts, targets) -> list[float]:
     import torch
 
     values = []
+    device = next(model.parameters()).device
     with torch.no_grad():
         for context, target in zip(contexts, targets):
             ctx = tokenizer(context)["input_ids"]
             tgt = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            ids = torch.tensor([ctx + tgt])
+            ids = torch.tensor([ctx + tgt], device=device)
             logits = model(input_ids=ids).logits[0].float()
             logps = torch.log_softmax(logits, dim=-1)
-            positions = torch.arange(len(ctx) - 1, len(ctx) + len(tgt) - 1)
-            token_logps = logps[positions, torch.tensor(tgt)]
+            positions = torch.arange(len(ctx) - 1, len(ctx) + len(tgt) - 1, device=device)
+            token_logps = logps[positions, torch.tensor(tgt, device=device)]
             values.append(token_logps.mean().item())
     return values
 
@@ -86,14 +87,16 @@ def workload_batch(tokenizer, *, phase: str, prompts: int, generations: int, ima
     return completions, columns
 
 
-def measure(*, hidden_size, num_layers, vocab_size, workload, repeats) -> dict:
+def measure(*, hidden_size, num_layers, vocab_size, workload, repeats, device="cpu", dtype="float32") -> dict:
     import torch
 
     from trl_swirl import PartnerReward
 
     phase, prompts, generations, image_tokens = WORKLOADS[workload]
     tokenizer = common.build_tokenizer(vocab_size)
-    model = common.build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=1).eval()
+    model = common.build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=1)
+    model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    tolerance = 1e-4 if dtype == "float32" else 0.1  # low precision: the batched paths round differently
     completions, columns = workload_batch(
         tokenizer, phase=phase, prompts=prompts, generations=generations, image_tokens=image_tokens
     )
@@ -114,7 +117,7 @@ def measure(*, hidden_size, num_layers, vocab_size, workload, repeats) -> dict:
         name: max(abs(a - b) for a, b in zip(values[name], values["per_sample"]))
         for name in ("batched", "batched_no_share")
     }
-    assert max(max_abs_diff.values()) < 1e-4, f"batched and per-sample scores disagree: {max_abs_diff}"
+    assert max(max_abs_diff.values()) < tolerance, f"batched and per-sample scores disagree: {max_abs_diff}"
     stats = dict(shared.last_stats)
     times = common.interleaved(sides, repeats=repeats, warmup=1)
     med = {name: common.median(t) for name, t in times.items()}
@@ -141,6 +144,8 @@ def measure(*, hidden_size, num_layers, vocab_size, workload, repeats) -> dict:
         "timings_s": times,
         **{name: common.summary(t) for name, t in times.items()},
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "dtype": dtype,
     }
 
 
@@ -186,25 +191,48 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--main_only", action="store_true", help="measure the main workload and model only")
+    parser.add_argument(
+        "--model", default=None, help="HIDDEN,LAYERS,VOCAB: the main model (default 256,4,4096); other sizes skipped"
+    )
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (run with CUDA_VISIBLE_DEVICES set: "
+                        "benchmarks/common.py hides GPUs unless it is)")  # fmt: skip
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--results_dir", default=None, help="where scoring.json goes (default benchmarks/results)")
     args = parser.parse_args(argv)
     common.setup_threads(args.threads)
-    hidden, layers, vocab = MODELS[0]
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no GPU visible (benchmarks/common.py sets CUDA_VISIBLE_DEVICES='' unless set).")
+    models = MODELS
+    if args.model:
+        try:
+            hidden_, layers_, vocab_ = (int(v) for v in args.model.split(","))
+        except ValueError:
+            parser.error(f"--model must be HIDDEN,LAYERS,VOCAB (three integers), got {args.model!r}")
+        models = [(hidden_, layers_, vocab_)]
+    hidden, layers, vocab = models[0]
     short = max(4, args.repeats // 2)
+    where = {"device": args.device, "dtype": args.dtype}
 
     main_run = measure(
-        hidden_size=hidden, num_layers=layers, vocab_size=vocab, workload=MAIN_WORKLOAD, repeats=args.repeats
+        hidden_size=hidden, num_layers=layers, vocab_size=vocab, workload=MAIN_WORKLOAD, repeats=args.repeats, **where
     )
     print(_line(main_run), flush=True)
     workload_runs, model_runs = [main_run], [main_run]
     if not args.main_only:
         for workload in [w for w in WORKLOADS if w != MAIN_WORKLOAD]:
-            run = measure(hidden_size=hidden, num_layers=layers, vocab_size=vocab, workload=workload, repeats=short)
+            run = measure(
+                hidden_size=hidden, num_layers=layers, vocab_size=vocab, workload=workload, repeats=short, **where
+            )
             print(_line(run), flush=True)
             workload_runs.append(run)
-        for hidden_, layers_, vocab_ in MODELS[1:]:
+        for hidden_, layers_, vocab_ in models[1:]:
             run = measure(
-                hidden_size=hidden_, num_layers=layers_, vocab_size=vocab_, workload=MAIN_WORKLOAD, repeats=short
-            )
+                hidden_size=hidden_, num_layers=layers_, vocab_size=vocab_, workload=MAIN_WORKLOAD, repeats=short,
+                **where,
+            )  # fmt: skip
             print(_line(run), flush=True)
             model_runs.append(run)
     ratio = main_run["scoring_speedup_ratio"]
@@ -220,12 +248,14 @@ def main(argv=None) -> int:
                 "forward + full log-softmax per pair; batched_no_share = PartnerReward(share_prefix=False) (one "
                 "length-sorted left-padded batch, logits_to_keep); batched = PartnerReward defaults (plus the "
                 "shared-prefix cache); no clipping. Interleaved repetitions after one warm-up round, medians; torch "
-                f"threads = {args.threads}. Main: workload {MAIN_WORKLOAD}, the first model of `models`."
+                f"threads = {args.threads}; device {args.device}, {args.dtype}. Main: workload {MAIN_WORKLOAD}, the "
+                "first model of `models`."
             ),
             "main": main_run,
             "workloads": [_row(r) for r in workload_runs],
             "models": [_row(r) for r in model_runs],
         },
+        results_dir=args.results_dir,
     )
     return 0
 

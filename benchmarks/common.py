@@ -87,9 +87,11 @@ def machine_info() -> dict:
     return info
 
 
-def write_result(name: str, data: dict) -> Path:
-    """Write `benchmarks/results/{name}.json` with the machine, the command and a timestamp added."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, data: dict, results_dir: str | Path | None = None) -> Path:
+    """Write `{results_dir}/{name}.json` (default `benchmarks/results/`) with the machine, the command and a timestamp
+    added."""
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    results_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         **data,
@@ -97,7 +99,7 @@ def write_result(name: str, data: dict) -> Path:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    path = RESULTS_DIR / f"{name}.json"
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
     return path

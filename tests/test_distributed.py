@@ -235,3 +235,46 @@ def test_trained_weights_match_the_single_process_run(runs):
     else:
         moved = max((w1[k] - w0[k]).abs().max().item() for k in w0)
     assert moved > 1e-2, f"training barely changed the weights ({moved:.2e}): the comparison would be vacuous"
+
+
+# ------------------------------------------------------------------------------------ ZeRO-3-like forward counts
+SYNC_JOB = HERE / "sync_scoring_job.py"
+
+
+def test_ranks_run_the_same_number_of_partner_passes(tmp_path, models_dir):
+    """With a partner whose forward passes are collectives (as under ZeRO-3), ranks whose data needs different numbers
+    of passes still finish, with equal counts, and score what they would score alone."""
+    sys.path.insert(0, str(HERE))
+    import sync_scoring_job as job
+
+    from trl_swirl import PartnerReward
+    from trl_swirl.tiny import load_pretrained
+
+    # alone, the two ranks' batches need different numbers of passes: the synchronisation is not vacuous
+    model, tokenizer = load_pretrained(models_dir / "idm")
+    alone = PartnerReward(model, tokenizer, phase="fwm", clip_min=None)
+    expected, counts = [], []
+    for rank in (0, 1):
+        states, completions, actions = job.rank_batch(rank)
+        expected.append(alone(completions=completions, state=states, action=actions))
+        counts.append(alone.last_stats["forward_calls"])
+    assert counts[0] > counts[1] >= 1
+    second_alone = alone(completions=job.GENERATED, state=[job.LONG[0]] * 4, action=["push ball right"] * 4)
+    second_count = alone.last_stats["forward_calls"]
+
+    launcher = _accelerate()
+    if launcher[0].endswith("accelerate"):
+        launcher = launcher + ["launch"]
+    cmd = [
+        *launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        str(SYNC_JOB), "--models", str(models_dir), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    _run(cmd, tmp_path, "2-process synchronised scoring job")
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["passes_first_call"] for r in ranks] == [counts[0], counts[0]]  # rank 1 padded up to rank 0
+    assert [r["passes_total"] for r in ranks] == [counts[0] + second_count] * 2
+    assert ranks[1]["stats"]["padding_passes"] == second_count and ranks[1]["second"] == []
+    for rank, values in zip(ranks, expected):
+        assert rank["rewards"] == pytest.approx(values, abs=REWARD_TOL)
+    assert ranks[0]["second"] == pytest.approx(second_alone, abs=REWARD_TOL)

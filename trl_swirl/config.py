@@ -46,7 +46,9 @@ class SwirlConfig(GRPOConfig):
             tokenizer's `model_max_length` and the model's `max_position_embeddings`. Contexts that do not fit are
             truncated from the left; a target that does not fit (with at least one context token) is an error.
         scoring_batch_size (`int` or `None`):
-            How many (context, target) pairs the partner scores per forward pass. `None`: all at once.
+            How many (context, target) pairs the partner scores per batch (the memory bound of scoring). `None`: all
+            at once. A batch takes one forward pass, one more for the shared prefix, and more where cutting it by
+            length saves padding.
         partner_offload (`bool`, defaults to `False`):
             Keep a separate partner model on the CPU between scoring calls (for tight GPU memory).
         partner_share_prefix (`bool`, defaults to `True`):
@@ -127,7 +129,11 @@ class SwirlConfig(GRPOConfig):
     )
     scoring_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Number of (context, target) pairs the partner scores per forward pass. None: all at once."},
+        metadata={
+            "help": "Number of (context, target) pairs the partner scores per batch (bounds scoring memory). None: all "
+            "at once. A batch takes one forward pass, plus one for the shared prefix and more where cutting it by "
+            "length saves padding."
+        },
     )
     partner_offload: bool = field(
         default=False,

@@ -33,7 +33,7 @@ import copy
 import inspect
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,7 @@ class PartnerReward:
         adapter_name: str | None = None,
         device: torch.device | str | None = None,
         share_prefix: bool = True,
+        sync_forward_calls: bool = False,
     ):
         if phase not in PHASES:
             raise ValueError(f"`phase` must be one of {list(PHASES)}, got {phase!r}.")
@@ -199,6 +200,7 @@ class PartnerReward:
         self._accepts_position_ids = "position_ids" in params
         self._accepts_use_cache = "use_cache" in params
         self.share_prefix = share_prefix
+        self.sync_forward_calls = sync_forward_calls
         self._use_shared_prefix = share_prefix and self._supports_shared_prefix(params)
         self.last_stats: dict[str, int] = {}
 
@@ -337,11 +339,15 @@ class PartnerReward:
         per batch: its key/value cache is reused by every member's remaining tokens. Within a batch, rows are split
         into forward passes of similar length where that saves at least an eighth of the batch's tokens in padding
         per extra pass. `last_stats` records the work done: real and padded tokens fed, and forward passes.
+
+        The passes are planned before the first one runs; with `sync_forward_calls`, the ranks agree on the largest
+        number of passes and the others pad theirs with one-token passes, so a partner sharded with ZeRO-3, whose every
+        forward pass is a collective, sees the same number of passes on every rank.
         """
         stats = {"pairs": len(pairs), "unique_pairs": 0, "tokens": 0, "computed_tokens": 0, "padded_tokens": 0}
         stats["forward_calls"] = 0
         self.last_stats = stats
-        if not pairs:
+        if not pairs and not self.sync_forward_calls:
             return []
         index: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
         unique: list[tuple[list[int], list[int]]] = []
@@ -361,27 +367,35 @@ class PartnerReward:
         # length-sorted batches: groups by their longest member, members by length
         groups.sort(key=lambda g: max(length[i] for i in g[1]), reverse=True)
         rows = [(i, p) for p, members in groups for i in sorted(members, key=lambda i: -length[i])]
-        batch_size = self.batch_size or len(rows)
-        values: list[float] = [0.0] * len(unique)
+        batch_size = self.batch_size or max(1, len(rows))
+        plans = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            plans.append(([i for i, _ in chunk], self._plan([unique[i] for i, _ in chunk], [p for _, p in chunk])))
+        passes = sum(plan.passes for _, plan in plans)
         device = self.device or model_device(self.model)
+        values: list[float] = [0.0] * len(unique)
         with contextlib.ExitStack() as stack:
             if self.offload:
                 self.model.to(device)
                 stack.callback(self.model.to, "cpu")
             stack.enter_context(_active_adapter(self.model, self.adapter_name))
             stack.enter_context(_eval_mode(self.model))
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                scores = self._score_chunk([unique[i] for i, _ in chunk], [p for _, p in chunk], device, stats)
-                for (i, _), value in zip(chunk, scores):
+            all_passes = self._agree_on_passes(passes, device) if self.sync_forward_calls else passes
+            for members, plan in plans:
+                scores = self._run(plan, [unique[i] for i in members], device, stats)
+                for i, value in zip(members, scores):
                     values[i] = value
+            for _ in range(all_passes - passes):
+                self._padding_pass(device, stats)
         if self.offload and device.type == "cuda":
             torch.cuda.empty_cache()
         return [values[j] for j in slot]
 
-    def _score_chunk(self, pairs, prefix_lengths, device, stats) -> list[float]:
+    def _plan(self, pairs, prefix_lengths) -> _Plan:
+        """How one batch is scored: whole sequences in length buckets, or the groups' prefixes in one pass and then
+        the rest of every row in length buckets. Rows of one group are neighbours in `pairs`."""
         total = sum(len(c) + len(t) for c, t in pairs)
-        # rows of one group are neighbours; each group's prefix is computed once instead of once per member
         group_of_row, prefixes = [], []
         for (ctx, _), p in zip(pairs, prefix_lengths):
             if not group_of_row or p == 0 or (p, ctx[:p]) != (group_of_row[-1][1], prefixes[-1]):
@@ -391,14 +405,48 @@ class PartnerReward:
         for g, _ in group_of_row:
             counts[g] += 1
         saved = sum((n - 1) * len(prefix) for n, prefix in zip(counts, prefixes))
-        if saved * 8 < total:  # too little shared to pay for the extra forward pass
-            lengths = [len(c) + len(t) for c, t in pairs]
-            values: list[float] = [0.0] * len(pairs)
-            for bucket in length_buckets(lengths):
+        if saved * 8 >= total:  # enough shared to pay for the extra forward pass
+            # a row without a group puts its context in the prefix pass, as far as that does not widen the pass
+            longest = max(len(prefix) for prefix in prefixes)
+            for row, ((ctx, _), (group, p)) in enumerate(zip(pairs, group_of_row)):
+                if p == 0:
+                    p = min(len(ctx) - 1, longest)
+                    prefixes[group] = ctx[:p]
+                    group_of_row[row] = (group, p)
+            if all(prefixes):  # (a one-token context leaves nothing for the prefix pass)
+                rests = [ctx[p:] + tgt for (ctx, tgt), (_, p) in zip(pairs, group_of_row)]
+                return _Plan(length_buckets([len(r) for r in rests]), group_of_row, prefixes)
+        return _Plan(length_buckets([len(c) + len(t) for c, t in pairs]))
+
+    def _run(self, plan: _Plan, pairs, device, stats) -> list[float]:
+        values: list[float] = [0.0] * len(pairs)
+        if plan.prefixes is None:
+            for bucket in plan.buckets:
                 for row, value in zip(bucket, self._score_full([pairs[r] for r in bucket], device, stats)):
                     values[row] = value
-            return values
-        return self._score_shared(pairs, group_of_row, prefixes, device, stats)
+        else:
+            for row, value in self._score_shared(pairs, plan, device, stats):
+                values[row] = value
+        return values
+
+    def _agree_on_passes(self, passes: int, device) -> int:
+        """The largest number of forward passes any rank planned (this rank's own when not distributed)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return passes
+        backend = dist.get_backend()
+        count = torch.tensor([passes], dtype=torch.long, device=device if backend == "nccl" else "cpu")
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count.item())
+
+    def _padding_pass(self, device, stats) -> None:
+        """A one-token forward pass whose output is discarded: it only takes part in a sharded model's collectives."""
+        ids = torch.full((1, 1), self._pad_id, dtype=torch.long, device=device)
+        mask = torch.ones_like(ids)
+        self.model(**self._model_kwargs(ids, mask, torch.zeros_like(ids), 1, use_cache=False))
+        stats["forward_calls"] += 1
+        stats["padding_passes"] = stats.get("padding_passes", 0) + 1
 
     def _model_kwargs(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -439,23 +487,11 @@ class PartnerReward:
         self._count(stats, attention_mask)
         return self._reduce(logits, input_ids, pairs, max_target)
 
-    def _score_shared(self, pairs, group_of_row, prefixes, device, stats) -> list[float]:
+    def _score_shared(self, pairs, plan: _Plan, device, stats):
         """The groups' prefixes in one forward pass (left-padded, cache kept), then each row's remaining context and
         target on top of a copy of its group's cache (padded between prefix and rest, so that targets end at the last
-        column). A row alone in its group puts its context, up to the longest shared prefix, in the first pass."""
-        longest = max(len(prefix) for prefix in prefixes)
-        for g, ((ctx, _), (group, p)) in enumerate(zip(pairs, group_of_row)):
-            if p == 0:  # a row without a group: the prefix pass takes what it can without widening
-                p = min(len(ctx) - 1, longest)
-                prefixes[group] = ctx[:p]
-                group_of_row[g] = (group, p)
-        if any(not prefix for prefix in prefixes):  # a one-token context: nothing to put in the prefix pass
-            lengths = [len(c) + len(t) for c, t in pairs]
-            values: list[float] = [0.0] * len(pairs)
-            for bucket in length_buckets(lengths):
-                for row, value in zip(bucket, self._score_full([pairs[r] for r in bucket], device, stats)):
-                    values[row] = value
-            return values
+        column). Yields (row, value)."""
+        group_of_row, prefixes = plan.group_of_row, plan.prefixes
         prefix_ids, prefix_mask = _left_padded(prefixes, max(len(p) for p in prefixes), self._pad_id)
         prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
         prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
@@ -468,12 +504,9 @@ class PartnerReward:
                 f"The partner ({type(self.model).__name__}) returned no key/value cache with `use_cache=True`, so the "
                 "shared prefix cannot be reused. Set `partner_share_prefix=False` (or `share_prefix=False`)."
             )
-
         rests = [ctx[p:] + tgt for (ctx, tgt), (_, p) in zip(pairs, group_of_row)]
-        buckets = length_buckets([len(rest) for rest in rests])
-        values = [0.0] * len(pairs)
-        for b, bucket in enumerate(buckets):
-            cache = prefix_cache if b == len(buckets) - 1 else copy.deepcopy(prefix_cache)
+        for b, bucket in enumerate(plan.buckets):
+            cache = prefix_cache if b == len(plan.buckets) - 1 else copy.deepcopy(prefix_cache)
             group_index = torch.tensor([group_of_row[r][0] for r in bucket], dtype=torch.long, device=device)
             cache.reorder_cache(group_index)  # one copy of its group's prefix cache per row
             bucket_rests = [rests[r] for r in bucket]
@@ -488,9 +521,20 @@ class PartnerReward:
             logits = self.model(**kwargs).logits
             self._count(stats, rest_mask)
             del cache
-            for row, value in zip(bucket, self._reduce(logits, rest_ids, [pairs[r] for r in bucket], max_target)):
-                values[row] = value
-        return values
+            yield from zip(bucket, self._reduce(logits, rest_ids, [pairs[r] for r in bucket], max_target))
+
+
+class _Plan(NamedTuple):
+    """How one batch is scored: `buckets` of row indices, one forward pass each; with `prefixes` (one per group) and
+    `group_of_row` (group index, prefix length), one more pass first for the prefixes."""
+
+    buckets: list[list[int]]
+    group_of_row: list[tuple[int, int]] | None = None
+    prefixes: list[list[int]] | None = None
+
+    @property
+    def passes(self) -> int:
+        return len(self.buckets) + (self.prefixes is not None)
 
 
 def length_buckets(lengths: Sequence[int], overhead: float | None = None) -> list[list[int]]:

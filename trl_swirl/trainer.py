@@ -321,6 +321,11 @@ class SwirlTrainer(GRPOTrainer):
                     prepared = self.accelerator.prepare_model(partner, evaluation_mode=True, device_placement=True)
                 self.partner_reward.model = prepared
                 self.partner_reward.device = self.accelerator.device
+                # under ZeRO-3 the partner is sharded and each forward pass is a collective: every rank must run as
+                # many passes as the others (under FSDP, accelerate places a full copy of an evaluation model per rank)
+                plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+                zero3 = self.is_deepspeed_enabled and getattr(plugin, "zero_stage", None) == 3
+                self.partner_reward.sync_forward_calls = bool(zero3)
 
     # ------------------------------------------------------------------------------------------------- generation
     def _generate(self, prompts: list):
