@@ -182,3 +182,15 @@ def test_two_adapter_training_leaves_partner_and_base_untouched(tmp_path, fwm, t
     logged = trainer.state.log_history[0]
     assert -10.0 <= logged["rewards/swirl_partner_logprob/mean"] < 0
     assert "kl" in logged
+
+
+def test_trainer_logs_what_scoring_computed(tmp_path, tiny_dir, transitions):
+    trainer, completions, _ = _train_one_step(tmp_path, tiny_dir, transitions)
+    stats = trainer.partner_reward.last_stats  # one step, one scoring call: the logged figures are this call's
+    logged = next(entry for entry in trainer.state.log_history if "partner/computed_token_fraction" in entry)
+    assert stats["pairs"] == len(completions)
+    assert logged["partner/computed_token_fraction"] == pytest.approx(stats["computed_tokens"] / stats["tokens"])
+    assert logged["partner/computed_token_fraction"] < 1  # the 4 completions of the prompt share its tokens
+    padding = (stats["padded_tokens"] - stats["computed_tokens"]) / stats["padded_tokens"]
+    assert logged["partner/padding_fraction"] == pytest.approx(padding)
+    assert logged["partner/forward_passes"] == stats["forward_calls"] >= 2

@@ -32,7 +32,7 @@ import contextlib
 import copy
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -201,6 +201,8 @@ class PartnerReward:
         self._accepts_use_cache = "use_cache" in params
         self.share_prefix = share_prefix
         self.sync_forward_calls = sync_forward_calls
+        #: called with `last_stats` after every scoring call (the trainer logs them)
+        self.on_scored: Callable[[dict[str, int]], None] | None = None
         self._use_shared_prefix = share_prefix and self._supports_shared_prefix(params)
         self.last_stats: dict[str, int] = {}
 
@@ -390,6 +392,8 @@ class PartnerReward:
                 self._padding_pass(device, stats)
         if self.offload and device.type == "cuda":
             torch.cuda.empty_cache()
+        if self.on_scored is not None:
+            self.on_scored(stats)
         return [values[j] for j in slot]
 
     def _plan(self, pairs, prefix_lengths) -> _Plan:

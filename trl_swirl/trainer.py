@@ -245,6 +245,8 @@ class SwirlTrainer(GRPOTrainer):
             adapter_name=adapter_name,
             share_prefix=args.partner_share_prefix,
         )
+        self._scoring_totals: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+        self.partner_reward.on_scored = self._record_scoring
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             self._check_targets_fit(dataset, args, name)
 
@@ -441,6 +443,29 @@ class SwirlTrainer(GRPOTrainer):
             if f".{active}." in name:
                 model.get_parameter(name.replace(f".{active}.", ".ref.")).data.copy_(param.data)
         model.set_adapter(active)  # the policy's adapter trainable, every other one (partner, ref) frozen
+
+    # ----------------------------------------------------------------------------------------------------- logging
+    def _record_scoring(self, stats: dict[str, int]) -> None:
+        totals = self._scoring_totals["train" if self.model.training else "eval"]
+        for key in ("calls", "pairs", "tokens", "computed_tokens", "padded_tokens", "forward_calls"):
+            totals[key] = totals.get(key, 0) + (1 if key == "calls" else stats.get(key, 0))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """GRPO's logging, plus what partner scoring computed since the last log (this process's calls):
+        `partner/computed_token_fraction` (tokens run through the partner / tokens of all pairs: below 1 when the
+        shared-prefix cache or duplicates saved work), `partner/padding_fraction` (padding / tokens fed) and
+        `partner/forward_passes` (per scoring call)."""
+        mode = "train" if self.model.training else "eval"
+        totals = self._scoring_totals[mode]
+        if totals.get("tokens"):
+            prefix = "eval_" if mode == "eval" else ""
+            logs[f"{prefix}partner/computed_token_fraction"] = totals["computed_tokens"] / totals["tokens"]
+            if totals["padded_tokens"]:
+                padding = totals["padded_tokens"] - totals["computed_tokens"]
+                logs[f"{prefix}partner/padding_fraction"] = padding / totals["padded_tokens"]
+            logs[f"{prefix}partner/forward_passes"] = totals["forward_calls"] / totals["calls"]
+        totals.clear()
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict=None):
