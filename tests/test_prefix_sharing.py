@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from conftest import ACTIONS, STATES
-from test_partner import reference_logprob
+from test_partner import reference_logprob, two_adapter_model
 
 from trl_swirl import PartnerReward, SwirlConfig
 from trl_swirl.partner import length_buckets, shared_prefix_groups
@@ -104,15 +104,7 @@ def test_idm_rewards_and_duplicates_scored_once(fwm):
 
 
 def test_two_adapter_partner_with_shared_prefix(fwm):
-    from peft import LoraConfig, get_peft_model
-
-    model, tok = fwm
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, lora_dropout=0.0)
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, config, adapter_name="idm")
-    torch.manual_seed(1)
-    peft_model.add_adapter("fwm", config)
-    peft_model.set_adapter("idm")
+    peft_model, tok = two_adapter_model(fwm)  # 'idm' the active policy adapter, 'fwm' the partner's
     states, next_states, completions = grouped_idm_batch()
     reward = PartnerReward(peft_model, tok, phase="idm", adapter_name="fwm", clip_min=None)
     got = reward(completions=completions, state=states, next_state=next_states)
