@@ -62,6 +62,20 @@ def _forward_parameters(model) -> set[str]:
         return set()
 
 
+def _has_windowed_attention(model) -> bool:
+    """Whether any attention layer masks by index distance (sliding windows, chunked attention)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(config, "attention_chunk_size", None):
+        return True
+    if getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False:
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types is None or any("sliding" in str(t) or "chunk" in str(t) for t in layer_types)
+
+
 def model_device(model) -> torch.device:
     """Device of the model's input embeddings (where input ids must go)."""
     try:
@@ -200,6 +214,7 @@ class PartnerReward:
         self._accepts_position_ids = "position_ids" in params
         self._accepts_use_cache = "use_cache" in params
         self.share_prefix = share_prefix
+        self._windowed = _has_windowed_attention(model)
         self.sync_forward_calls = sync_forward_calls
         #: called with `last_stats` after every scoring call (the trainer logs them)
         self.on_scored: Callable[[dict[str, int]], None] | None = None
@@ -513,19 +528,45 @@ class PartnerReward:
             cache = prefix_cache if b == len(plan.buckets) - 1 else copy.deepcopy(prefix_cache)
             group_index = torch.tensor([group_of_row[r][0] for r in bucket], dtype=torch.long, device=device)
             cache.reorder_cache(group_index)  # one copy of its group's prefix cache per row
+            bucket_pairs = [pairs[r] for r in bucket]
             bucket_rests = [rests[r] for r in bucket]
-            rest_ids, rest_mask = _left_padded(bucket_rests, max(len(rest) for rest in bucket_rests), self._pad_id)
+            width = max(len(rest) for rest in bucket_rests)
+            if self._windowed:
+                # right padding keeps each row's real tokens contiguous after its (left-padded) prefix, so index
+                # distances equal position distances, as sliding-window and chunked attention masks assume
+                rest_ids, rest_mask = _left_padded([r[::-1] for r in bucket_rests], width, self._pad_id)
+                rest_ids, rest_mask = rest_ids.flip(-1), rest_mask.flip(-1)
+                # from each row's last context token to its second-to-last target token
+                first = [len(rest) - len(tgt) - 1 for rest, (_, tgt) in zip(bucket_rests, bucket_pairs)]
+                keep = width - min(first)
+            else:
+                # padding between prefix and rest, so that every target ends at the last column
+                rest_ids, rest_mask = _left_padded(bucket_rests, width, self._pad_id)
+                keep = max(len(tgt) for _, tgt in bucket_pairs) + 1
             rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
             attention_mask = torch.cat([prefix_mask.index_select(0, group_index), rest_mask], dim=1)
             starts = torch.tensor([group_of_row[r][1] for r in bucket], dtype=torch.long, device=device)
-            position_ids = starts[:, None] + (rest_mask.cumsum(-1) - 1).clamp(min=0)
-            max_target = max(len(pairs[r][1]) for r in bucket)
-            kwargs = self._model_kwargs(rest_ids, attention_mask, position_ids, max_target + 1, use_cache=True)
+            position_ids = starts[:, None] + (rest_mask.cumsum(-1) - 1).clamp(min=0)  # right padding repeats the last
+            kwargs = self._model_kwargs(rest_ids, attention_mask, position_ids, keep, use_cache=True)
             kwargs[self._cache_argument] = cache
             logits = self.model(**kwargs).logits
             self._count(stats, rest_mask)
             del cache
-            yield from zip(bucket, self._reduce(logits, rest_ids, [pairs[r] for r in bucket], max_target))
+            if self._windowed:
+                values = self._reduce_rows(logits[:, -keep:, :], bucket_pairs, [f - (width - keep) for f in first])
+            else:
+                values = self._reduce(logits, rest_ids, bucket_pairs, keep - 1)
+            yield from zip(bucket, values)
+
+    def _reduce_rows(self, logits, pairs, starts: list[int]) -> list[float]:
+        """Reduce each row's target log-probabilities from the logits at `starts[row]` onwards."""
+        values = []
+        for row, ((_, target), start) in enumerate(zip(pairs, starts)):
+            row_logits = logits[row, start : start + len(target), :].float()
+            target_ids = torch.tensor(target, device=logits.device)[:, None]
+            token_logps = torch.gather(F.log_softmax(row_logits, dim=-1), 1, target_ids).squeeze(-1)
+            values.append((token_logps.sum() if self.reduction == "sum" else token_logps.mean()).item())
+        return values
 
 
 class _Plan(NamedTuple):
