@@ -72,7 +72,10 @@ def workload_batch(tokenizer, *, phase: str, prompts: int, generations: int, ima
     filler = [w for w in words if w.startswith("w")]  # stand-ins for image tokens
     rows = common.synthetic_rows(prompts, seed=seed)
     if image_tokens:
-        image = lambda: " ".join(rng.choice(filler) for _ in range(image_tokens))
+
+        def image() -> str:
+            return " ".join(rng.choice(filler) for _ in range(image_tokens))
+
         rows["state"] = [image() for _ in range(prompts)]
         rows["next_state"] = [image() for _ in range(prompts)]
     columns = {key: [v for v in values for _ in range(generations)] for key, values in rows.items()}

@@ -195,7 +195,7 @@ def test_warm_start_fits_both_directions_and_never_overwrites(tmp_path):
         warm_start(refs["fwm"], refs["idm"], labelled, tmp_path / "ws", swirl_args, epochs=1)
 
 
-def test_loop_pushes_every_phase_as_its_own_revision(tmp_path, hub):
+def test_loop_pushes_every_phase_as_its_own_revision(tmp_path, hub):  # noqa: F811 (the hub fixture)
     """The loop pushes FWM phases to PREFIX-fwm and IDM phases to PREFIX-idm, one branch each, main = latest."""
     from huggingface_hub import HfApi
 
@@ -239,7 +239,7 @@ def test_multiturn_rows_reach_prompts_partner_and_evaluation(tmp_path):
     assert generate(idm, tok, [prompt], max_new_tokens=8)[0] == row["action"]
 
 
-def test_a_chain_continues_from_the_hub_alone(tmp_path, hub, monkeypatch):
+def test_a_chain_continues_from_the_hub_alone(tmp_path, hub, monkeypatch):  # noqa: F811 (the hub fixture)
     """Run 1 pushes its data and phases; run 2, in a new folder, starts from the Hub's latest revisions and data
     and pushes iteration 2 beside iteration 1, which is left as it was."""
     import datasets.config as datasets_config

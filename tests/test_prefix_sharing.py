@@ -200,7 +200,10 @@ def test_length_buckets_minimise_padding_plus_overhead(seed):
     overhead = rng.choice([0.0, 5.0, 30.0, None])
     buckets = length_buckets(lengths, overhead)
     assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
-    cost_of = lambda bs, oh: sum(len(b) * max(lengths[i] for i in b) for b in bs) + oh * (len(bs) - 1)
+
+    def cost_of(bs, oh):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs) + oh * (len(bs) - 1)
+
     oh = sum(lengths) / 8 if overhead is None else overhead
     ordered = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     best = min(
