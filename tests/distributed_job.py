@@ -249,9 +249,9 @@ def main(argv=None):
     unwrapped.generate = generate
     trainer.train()
 
-    final = {
-        k: v.detach().cpu().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
-    }
+    # the full state dict on every layout (under FSDP, `get_state_dict` gathers the shards: a collective)
+    sharded = any(type(p).__name__ == "DTensor" for p in trainer.model.parameters())
+    final = {k: v.detach().cpu().clone() for k, v in trainer.accelerator.get_state_dict(trainer.model).items()}
     if args.two_adapter:  # the partner is the 'idm' adapter of the policy's own module
         partner_params = [p for n, p in unwrapped.named_parameters() if ".idm." in n]
         assert trainer.partner_reward.adapter_name == "idm" and partner_params
@@ -262,6 +262,8 @@ def main(argv=None):
         "rank": rank,
         "world_size": world,
         "two_adapter": args.two_adapter,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "policy_sharded": sharded,
         "per_device_train_batch_size": GLOBAL_BATCH // world,
         "num_generations": NUM_GENERATIONS,
         "calls": calls,
