@@ -227,3 +227,36 @@ def test_bfloat16_partner_stays_close_to_the_reference(idm):
         reward = PartnerReward(model, tok, phase="fwm", clip_min=None, share_prefix=share)
         got = reward(completions=completions, state=states, action=actions)
         assert got == pytest.approx(expected, abs=5e-3), f"share_prefix={share}"  # observed 3e-4, spread 0.1
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_prefix_cache_view_reads_without_storing(window):
+    """The rows' pass reads its groups' prefix keys/values through the view and leaves the prefix cache as it was
+    (one entry per group, prefix length), with the logits of running each whole sequence alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trl_swirl.partner import _PrefixCacheView
+
+    extra = {"sliding_window": window} if window else {}
+    config = AutoConfig.for_model(
+        "mistral" if window else "llama", vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prefixes = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])  # two groups, no padding
+    rests = torch.tensor([[20, 21, 22], [23, 24, 25], [26, 27, 28]])
+    groups = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        cache = model(input_ids=prefixes, use_cache=True).cache
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+        assert _PrefixCacheView.supports(cache)
+        view = _PrefixCacheView(cache, groups)
+        mask = torch.ones(3, prefixes.shape[1] + rests.shape[1], dtype=torch.long)
+        positions = torch.arange(6, 9).expand(3, -1)
+        logits = model(input_ids=rests, attention_mask=mask, position_ids=positions, cache=view, use_cache=True).logits
+        whole = model(input_ids=torch.cat([prefixes[groups], rests], dim=1)).logits[:, -3:]
+    assert torch.allclose(logits, whole, atol=1e-5)
+    for layer, (keys, values) in zip(cache.layers, before):  # nothing stored: one entry per group, as before
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+        assert layer.keys.shape[0] == 2

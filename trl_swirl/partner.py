@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from .evaluation import _eval_mode  # eval mode + no_grad, training flag restored
 from .templates import DEFAULT_FWM_TEMPLATE, DEFAULT_IDM_TEMPLATE, PHASES, SwirlTemplates, completion_text
@@ -525,9 +526,13 @@ class PartnerReward:
             )
         rests = [ctx[p:] + tgt for (ctx, tgt), (_, p) in zip(pairs, group_of_row)]
         for b, bucket in enumerate(plan.buckets):
-            cache = prefix_cache if b == len(plan.buckets) - 1 else copy.deepcopy(prefix_cache)
             group_index = torch.tensor([group_of_row[r][0] for r in bucket], dtype=torch.long, device=device)
-            cache.reorder_cache(group_index)  # one copy of its group's prefix cache per row
+            if _PrefixCacheView.supports(prefix_cache):
+                # each layer reads its rows' prefix keys/values and stores nothing: the cache keeps one copy per group
+                cache = _PrefixCacheView(prefix_cache, group_index)
+            else:  # other cache layers (e.g. linear attention): one full copy of its group's cache per row
+                cache = prefix_cache if b == len(plan.buckets) - 1 else copy.deepcopy(prefix_cache)
+                cache.reorder_cache(group_index)
             bucket_pairs = [pairs[r] for r in bucket]
             bucket_rests = [rests[r] for r in bucket]
             width = max(len(rest) for rest in bucket_rests)
@@ -567,6 +572,35 @@ class PartnerReward:
             token_logps = torch.gather(F.log_softmax(row_logits, dim=-1), 1, target_ids).squeeze(-1)
             values.append((token_logps.sum() if self.reduction == "sum" else token_logps.mean()).item())
         return values
+
+
+class _PrefixCacheView(Cache):
+    """A read-only view of the groups' prefix cache for one batch of rows.
+
+    The prefix pass leaves one cache entry per group. Expanding it to one copy per row (as `reorder_cache` does) and
+    letting the rows' own keys and values accumulate in it would hold rows x (prefix + rest) keys and values for every
+    layer at once, a multiple of what scoring whole sequences needs (for a 7B model with full multi-head attention and
+    1024-token image states, tens of GB). Here each layer's `update` returns its rows' prefix states (gathered by group)
+    followed by the new ones, and stores nothing, so they are freed with the layer's activations; the mask sizes come
+    from the prefix layers, unchanged.
+    """
+
+    _LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+    def __init__(self, prefix: Cache, rows: torch.Tensor):
+        super().__init__(layers=prefix.layers)
+        self.rows = rows
+
+    @classmethod
+    def supports(cls, cache) -> bool:
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and all(type(layer) in cls._LAYERS for layer in layers)
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        keys = layer.keys.index_select(0, self.rows)
+        values = layer.values.index_select(0, self.rows)
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
 
 class _Plan(NamedTuple):
