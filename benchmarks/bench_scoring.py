@@ -152,6 +152,49 @@ def measure(*, hidden_size, num_layers, vocab_size, workload, repeats, device="c
     }
 
 
+MEMORY_MODES = {  # peak memory of one reward call, each in a fresh process
+    "whole_sequences": "PartnerReward(share_prefix=False)",
+    "shared_prefix": "PartnerReward() (the default: the groups' prefix cache read through a view)",
+    "shared_prefix_row_copies": "the shared prefix with one copy of the prefix cache per row, all layers kept (the "
+    "first version of this change)",
+}
+
+
+def memory_worker(mode: str, hidden_size: int, num_layers: int, workload: str) -> dict:
+    """Peak RSS growth (MB) of one reward call after a one-row warm-up call, in this (fresh) process."""
+    import resource
+
+    from trl_swirl import PartnerReward, partner
+
+    phase, prompts, generations, image_tokens = WORKLOADS[workload]
+    tokenizer = common.build_tokenizer(4096)
+    model = common.build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=1).eval()
+    completions, columns = workload_batch(
+        tokenizer, phase=phase, prompts=prompts, generations=generations, image_tokens=image_tokens
+    )
+    if mode == "shared_prefix_row_copies":
+        partner._PrefixCacheView.supports = classmethod(lambda cls, cache: False)
+    reward = PartnerReward(model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences")
+    reward(completions=completions[:1], **{k: v[:1] for k, v in columns.items()})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    values = reward(completions=completions, **columns)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_growth_mb": (after - before) / 1024, "stats": reward.last_stats, "sum_of_rewards": sum(values)}
+
+
+def measure_memory(hidden_size: int, num_layers: int, workload: str, threads: int) -> dict:
+    import json
+    import subprocess
+
+    results = {}
+    for mode in MEMORY_MODES:
+        cmd = [sys.executable, __file__, "--memory_worker", mode, "--model", f"{hidden_size},{num_layers},4096",
+               "--memory_workload", workload, "--threads", str(threads)]  # fmt: skip
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
 MODELS = [  # (hidden_size, num_layers, vocab_size); the first is the main model
     (256, 4, 4096),
     (256, 4, 32000),
@@ -201,8 +244,17 @@ def main(argv=None) -> int:
                         "benchmarks/common.py hides GPUs unless it is)")  # fmt: skip
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--results_dir", default=None, help="where scoring.json goes (default benchmarks/results)")
+    parser.add_argument("--memory_model", default="512,8", help="HIDDEN,LAYERS of the memory measurement")
+    parser.add_argument("--memory_workload", default="image_idm", choices=list(WORKLOADS))
+    parser.add_argument("--memory_worker", default=None, choices=list(MEMORY_MODES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     common.setup_threads(args.threads)
+    if args.memory_worker:  # internal: one memory measurement in this fresh process, printed as JSON
+        import json
+
+        hidden_, layers_ = (int(v) for v in args.model.split(",")[:2])
+        print(json.dumps(memory_worker(args.memory_worker, hidden_, layers_, args.memory_workload)))
+        return 0
     if args.device.startswith("cuda"):
         import torch
 
@@ -239,6 +291,18 @@ def main(argv=None) -> int:
             print(_line(run), flush=True)
             model_runs.append(run)
     ratio = main_run["scoring_speedup_ratio"]
+    memory = None
+    if not args.main_only and args.device == "cpu":
+        mem_hidden, mem_layers = (int(v) for v in args.memory_model.split(","))
+        memory = {
+            "model": {"hidden_size": mem_hidden, "num_layers": mem_layers, "vocab_size": 4096},
+            "workload": args.memory_workload,
+            "method": "peak RSS growth (ru_maxrss) of one reward call after a one-row warm-up, each mode in a fresh "
+            "process: " + "; ".join(f"{k} = {v}" for k, v in MEMORY_MODES.items()),
+            "modes": measure_memory(mem_hidden, mem_layers, args.memory_workload, args.threads),
+        }
+        print("peak memory of one reward call (" + args.memory_workload + "): " + ", ".join(
+            f"{k} {v['peak_rss_growth_mb']:.0f} MB" for k, v in memory["modes"].items()))  # fmt: skip
     print(f"scoring_speedup_ratio (main: {MAIN_WORKLOAD}, hidden {hidden}, {layers} layers, vocab {vocab}): {ratio:.2f}")
     common.write_result(
         "scoring",
@@ -257,6 +321,7 @@ def main(argv=None) -> int:
             "main": main_run,
             "workloads": [_row(r) for r in workload_runs],
             "models": [_row(r) for r in model_runs],
+            "memory": memory,
         },
         results_dir=args.results_dir,
     )

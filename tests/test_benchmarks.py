@@ -24,7 +24,8 @@ def bench_scoring(monkeypatch):
 
 
 def test_scoring_benchmark_writes_agreeing_results(bench_scoring, tmp_path, capsys):
-    assert bench_scoring.main(["--repeats", "1", "--model", "64,2,512", "--results_dir", str(tmp_path)]) == 0
+    argv = ["--repeats", "1", "--model", "64,2,512", "--memory_model", "32,1", "--results_dir", str(tmp_path)]
+    assert bench_scoring.main(argv) == 0
     result = json.loads((tmp_path / "scoring.json").read_text())
     assert result["benchmark"] == "scoring" and result["target"] == ">= 5"
     assert result["target_met"] == (result["scoring_speedup_ratio"] >= 5)
@@ -38,6 +39,12 @@ def test_scoring_benchmark_writes_agreeing_results(bench_scoring, tmp_path, caps
             assert run["computed_tokens"] < run["tokens"]
             if image_tokens:  # the shared 256-token state is most of each group's work
                 assert run["computed_tokens"] < 0.7 * run["tokens"]
+    # the memory modes ran in their own processes and scored the same pairs alike
+    modes = result["memory"]["modes"]
+    assert list(modes) == list(bench_scoring.MEMORY_MODES)
+    sums = [m["sum_of_rewards"] for m in modes.values()]
+    assert max(sums) - min(sums) < 1e-3 and all(m["peak_rss_growth_mb"] >= 0 for m in modes.values())
+    assert modes["whole_sequences"]["stats"]["computed_tokens"] > modes["shared_prefix"]["stats"]["computed_tokens"]
     main = result["main"]
     assert main["workload"] == bench_scoring.MAIN_WORKLOAD and main["num_completions"] == 32
     assert main["scoring_stats"]["pairs"] == 32
