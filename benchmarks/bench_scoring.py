@@ -152,7 +152,7 @@ def measure(*, hidden_size, num_layers, vocab_size, workload, repeats, device="c
     }
 
 
-MEMORY_MODES = {  # peak memory of one reward call, each in a fresh process
+MEMORY_MODES = {  # tensor memory of one reward call
     "whole_sequences": "PartnerReward(share_prefix=False)",
     "shared_prefix": "PartnerReward() (the default: the groups' prefix cache read through a view)",
     "shared_prefix_row_copies": "the shared prefix with one copy of the prefix cache per row, all layers kept (the "
@@ -160,10 +160,21 @@ MEMORY_MODES = {  # peak memory of one reward call, each in a fresh process
 }
 
 
-def memory_worker(mode: str, hidden_size: int, num_layers: int, workload: str) -> dict:
-    """Peak RSS growth (MB) of one reward call after a one-row warm-up call, in this (fresh) process."""
-    import resource
+def peak_tensor_memory(fn) -> tuple[int, int]:
+    """(peak, final) bytes of tensor memory allocated while `fn` runs: the running sum of the torch profiler's
+    allocation and release events, in time order (CPU tensors; deterministic, unlike the process's RSS)."""
+    from torch.profiler import ProfilerActivity, profile
 
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak, current
+
+
+def measure_memory(hidden_size: int, num_layers: int, workload: str) -> dict:
     from trl_swirl import PartnerReward, partner
 
     phase, prompts, generations, image_tokens = WORKLOADS[workload]
@@ -172,26 +183,21 @@ def memory_worker(mode: str, hidden_size: int, num_layers: int, workload: str) -
     completions, columns = workload_batch(
         tokenizer, phase=phase, prompts=prompts, generations=generations, image_tokens=image_tokens
     )
-    if mode == "shared_prefix_row_copies":
-        partner._PrefixCacheView.supports = classmethod(lambda cls, cache: False)
-    reward = PartnerReward(model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences")
-    reward(completions=completions[:1], **{k: v[:1] for k, v in columns.items()})
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    values = reward(completions=completions, **columns)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_growth_mb": (after - before) / 1024, "stats": reward.last_stats, "sum_of_rewards": sum(values)}
-
-
-def measure_memory(hidden_size: int, num_layers: int, workload: str, threads: int) -> dict:
-    import json
-    import subprocess
-
+    supports = partner._PrefixCacheView.supports
     results = {}
-    for mode in MEMORY_MODES:
-        cmd = [sys.executable, __file__, "--memory_worker", mode, "--model", f"{hidden_size},{num_layers},4096",
-               "--memory_workload", workload, "--threads", str(threads)]  # fmt: skip
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
+    try:
+        for mode in MEMORY_MODES:
+            if mode == "shared_prefix_row_copies":
+                partner._PrefixCacheView.supports = classmethod(lambda cls, cache: False)
+            reward = PartnerReward(model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences")
+            values = []
+            peak, final = peak_tensor_memory(lambda: values.extend(reward(completions=completions, **columns)))
+            results[mode] = {
+                "peak_mb": peak / 2**20, "final_mb": final / 2**20, "stats": reward.last_stats,
+                "sum_of_rewards": sum(values),
+            }  # fmt: skip
+    finally:
+        partner._PrefixCacheView.supports = supports
     return results
 
 
@@ -246,15 +252,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results_dir", default=None, help="where scoring.json goes (default benchmarks/results)")
     parser.add_argument("--memory_model", default="512,8", help="HIDDEN,LAYERS of the memory measurement")
     parser.add_argument("--memory_workload", default="image_idm", choices=list(WORKLOADS))
-    parser.add_argument("--memory_worker", default=None, choices=list(MEMORY_MODES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     common.setup_threads(args.threads)
-    if args.memory_worker:  # internal: one memory measurement in this fresh process, printed as JSON
-        import json
-
-        hidden_, layers_ = (int(v) for v in args.model.split(",")[:2])
-        print(json.dumps(memory_worker(args.memory_worker, hidden_, layers_, args.memory_workload)))
-        return 0
     if args.device.startswith("cuda"):
         import torch
 
@@ -297,12 +296,12 @@ def main(argv=None) -> int:
         memory = {
             "model": {"hidden_size": mem_hidden, "num_layers": mem_layers, "vocab_size": 4096},
             "workload": args.memory_workload,
-            "method": "peak RSS growth (ru_maxrss) of one reward call after a one-row warm-up, each mode in a fresh "
-            "process: " + "; ".join(f"{k} = {v}" for k, v in MEMORY_MODES.items()),
-            "modes": measure_memory(mem_hidden, mem_layers, args.memory_workload, args.threads),
+            "method": "peak tensor memory allocated during one reward call (torch profiler allocation events in time "
+            "order): " + "; ".join(f"{k} = {v}" for k, v in MEMORY_MODES.items()),
+            "modes": measure_memory(mem_hidden, mem_layers, args.memory_workload),
         }
         print("peak memory of one reward call (" + args.memory_workload + "): " + ", ".join(
-            f"{k} {v['peak_rss_growth_mb']:.0f} MB" for k, v in memory["modes"].items()))  # fmt: skip
+            f"{k} {v['peak_mb']:.0f} MB" for k, v in memory["modes"].items()))  # fmt: skip
     print(f"scoring_speedup_ratio (main: {MAIN_WORKLOAD}, hidden {hidden}, {layers} layers, vocab {vocab}): {ratio:.2f}")
     common.write_result(
         "scoring",
