@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,18 +161,18 @@ MEMORY_MODES = {  # tensor memory of one reward call
 }
 
 
-def peak_tensor_memory(fn) -> tuple[int, int]:
-    """(peak, final) bytes of tensor memory allocated while `fn` runs: the running sum of the torch profiler's
-    allocation and release events, in time order (CPU tensors; deterministic, unlike the process's RSS)."""
+def peak_tensor_memory(fn):
+    """(peak, final) bytes of tensor memory allocated while `fn` runs, and its result: the running sum of the torch
+    profiler's allocation and release events, in time order (CPU tensors; deterministic, unlike the process's RSS)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+        result = fn()
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         current += event.self_cpu_memory_usage
         peak = max(peak, current)
-    return peak, current
+    return peak, current, result
 
 
 def measure_memory(hidden_size: int, num_layers: int, workload: str) -> dict:
@@ -189,9 +190,10 @@ def measure_memory(hidden_size: int, num_layers: int, workload: str) -> dict:
         for mode in MEMORY_MODES:
             if mode == "shared_prefix_row_copies":
                 partner._PrefixCacheView.supports = classmethod(lambda cls, cache: False)
-            reward = PartnerReward(model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences")
-            values = []
-            peak, final = peak_tensor_memory(lambda: values.extend(reward(completions=completions, **columns)))
+            reward = PartnerReward(
+                model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences"
+            )
+            peak, final, values = peak_tensor_memory(partial(reward, completions=completions, **columns))
             results[mode] = {
                 "peak_mb": peak / 2**20, "final_mb": final / 2**20, "stats": reward.last_stats,
                 "sum_of_rewards": sum(values),
