@@ -478,17 +478,10 @@ class PartnerReward:
             kwargs["logits_to_keep"] = logits_to_keep
         return kwargs
 
-    def _reduce(self, logits, input_ids, pairs, max_target: int) -> list[float]:
-        """Reduce the target tokens' log-probabilities; every row's target ends at the last column."""
-        logits = logits[:, -(max_target + 1) : -1, :].float()  # position p predicts token p + 1
-        target_ids = input_ids[:, -max_target:]
-        token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, target_ids.unsqueeze(-1)).squeeze(-1)
-        values = []
-        for row, (_, tgt) in enumerate(pairs):
-            row_logps = token_logps[row, max_target - len(tgt) :]
-            value = row_logps.sum() if self.reduction == "sum" else row_logps.mean()
-            values.append(value.item())
-        return values
+    def _reduce(self, logits, pairs, max_target: int) -> list[float]:
+        """Reduce the target tokens' log-probabilities when every row's target ends at the last column."""
+        # position p predicts token p + 1: the last max_target + 1 positions but the very last
+        return self._reduce_rows(logits[:, -(max_target + 1) : -1, :], pairs, [max_target - len(t) for _, t in pairs])
 
     def _count(self, stats, attention_mask) -> None:
         stats["computed_tokens"] += int(attention_mask.sum())
@@ -505,7 +498,7 @@ class PartnerReward:
         kwargs = self._model_kwargs(input_ids, attention_mask, position_ids, max_target + 1, use_cache=False)
         logits = self.model(**kwargs).logits
         self._count(stats, attention_mask)
-        return self._reduce(logits, input_ids, pairs, max_target)
+        return self._reduce(logits, pairs, max_target)
 
     def _score_shared(self, pairs, plan: _Plan, device, stats):
         """The groups' prefixes in one forward pass (left-padded, cache kept), then each row's remaining context and
@@ -560,11 +553,12 @@ class PartnerReward:
             if self._windowed:
                 values = self._reduce_rows(logits[:, -keep:, :], bucket_pairs, [f - (width - keep) for f in first])
             else:
-                values = self._reduce(logits, rest_ids, bucket_pairs, keep - 1)
+                values = self._reduce(logits, bucket_pairs, keep - 1)
             yield from zip(bucket, values)
 
     def _reduce_rows(self, logits, pairs, starts: list[int]) -> list[float]:
-        """Reduce each row's target log-probabilities from the logits at `starts[row]` onwards."""
+        """Each row's reduced target log-probability, from the logits at `starts[row]` onwards (one per target
+        token)."""
         values = []
         for row, ((_, target), start) in enumerate(zip(pairs, starts)):
             row_logits = logits[row, start : start + len(target), :].float()
