@@ -156,8 +156,6 @@ def measure(*, hidden_size, num_layers, vocab_size, workload, repeats, device="c
 MEMORY_MODES = {  # tensor memory of one reward call
     "whole_sequences": "PartnerReward(share_prefix=False)",
     "shared_prefix": "PartnerReward() (the default: the groups' prefix cache read through a view)",
-    "shared_prefix_row_copies": "the shared prefix with one copy of the prefix cache per row, all layers kept (the "
-    "first version of this change)",
 }
 
 
@@ -176,7 +174,7 @@ def peak_tensor_memory(fn):
 
 
 def measure_memory(hidden_size: int, num_layers: int, workload: str) -> dict:
-    from trl_swirl import PartnerReward, partner
+    from trl_swirl import PartnerReward
 
     phase, prompts, generations, image_tokens = WORKLOADS[workload]
     tokenizer = common.build_tokenizer(4096)
@@ -184,22 +182,14 @@ def measure_memory(hidden_size: int, num_layers: int, workload: str) -> dict:
     completions, columns = workload_batch(
         tokenizer, phase=phase, prompts=prompts, generations=generations, image_tokens=image_tokens
     )
-    supports = partner._PrefixCacheView.supports
     results = {}
-    try:
-        for mode in MEMORY_MODES:
-            if mode == "shared_prefix_row_copies":
-                partner._PrefixCacheView.supports = classmethod(lambda cls, cache: False)
-            reward = PartnerReward(
-                model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences"
-            )
-            peak, final, values = peak_tensor_memory(partial(reward, completions=completions, **columns))
-            results[mode] = {
-                "peak_mb": peak / 2**20, "final_mb": final / 2**20, "stats": reward.last_stats,
-                "sum_of_rewards": sum(values),
-            }  # fmt: skip
-    finally:
-        partner._PrefixCacheView.supports = supports
+    for mode in MEMORY_MODES:
+        reward = PartnerReward(model, tokenizer, phase=phase, clip_min=None, share_prefix=mode != "whole_sequences")
+        peak, final, values = peak_tensor_memory(partial(reward, completions=completions, **columns))
+        results[mode] = {
+            "peak_mb": peak / 2**20, "final_mb": final / 2**20, "stats": reward.last_stats,
+            "sum_of_rewards": sum(values),
+        }  # fmt: skip
     return results
 
 

@@ -29,7 +29,6 @@ Scoring rules (also in the README):
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -75,6 +74,23 @@ def _has_windowed_attention(model) -> bool:
         return False
     layer_types = getattr(config, "layer_types", None)
     return layer_types is None or any("sliding" in str(t) or "chunk" in str(t) for t in layer_types)
+
+
+_ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
+
+
+def _has_recurrent_layers(model) -> bool:
+    """Whether the model has layers other than attention (Mamba, linear attention, short convolutions...): their
+    cached state would run over padding, so the shared prefix could not be reused exactly."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("layer_types", "layers_block_type"):
+        types = getattr(config, name, None)
+        if types and any(str(t) not in _ATTENTION_LAYER_TYPES for t in types):
+            return True
+    return any("mamba" in key or "ssm" in key for key in config.to_dict())
 
 
 def model_device(model) -> torch.device:
@@ -232,9 +248,17 @@ class PartnerReward:
         }
         missing = [name for name, ok in needed.items() if not ok]
         peft_config = getattr(self.model, "peft_config", None) or {}
-        prompt_learning = any(getattr(c, "is_prompt_learning", False) for c in peft_config.values())
-        if missing or prompt_learning:
-            reason = f"its forward takes no {' or '.join(missing)}" if missing else "it has a prompt-learning adapter"
+        reason = None
+        if missing:
+            reason = f"its forward takes no {' or '.join(missing)}"
+        elif any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+            reason = "it has a prompt-learning adapter"
+        elif _has_recurrent_layers(self.model):
+            reason = (
+                "it has recurrent layers (state-space, linear attention or convolution), whose state does not carry "
+                "over padding exactly"
+            )
+        if reason is not None:
             logger.info("The partner scores whole sequences (no shared-prefix cache): %s.", reason)
             return False
         return True
@@ -512,20 +536,18 @@ class PartnerReward:
         self._count(stats, prefix_mask)
         prefix_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         del out
-        if prefix_cache is None:
+        if not _PrefixCacheView.supports(prefix_cache):
+            kinds = sorted({type(layer).__name__ for layer in getattr(prefix_cache, "layers", None) or []})
             raise RuntimeError(
-                f"The partner ({type(self.model).__name__}) returned no key/value cache with `use_cache=True`, so the "
-                "shared prefix cannot be reused. Set `partner_share_prefix=False` (or `share_prefix=False`)."
+                f"The partner ({type(self.model).__name__}) returned {type(prefix_cache).__name__}"
+                f"{' with ' + ', '.join(kinds) if kinds else ''}, not a cache of attention layers that the shared "
+                "prefix can reuse exactly. Set `partner_share_prefix=False` (or `share_prefix=False`)."
             )
         rests = [ctx[p:] + tgt for (ctx, tgt), (_, p) in zip(pairs, group_of_row)]
         for b, bucket in enumerate(plan.buckets):
             group_index = torch.tensor([group_of_row[r][0] for r in bucket], dtype=torch.long, device=device)
-            if _PrefixCacheView.supports(prefix_cache):
-                # each layer reads its rows' prefix keys/values and stores nothing: the cache keeps one copy per group
-                cache = _PrefixCacheView(prefix_cache, group_index)
-            else:  # other cache layers (e.g. linear attention): one full copy of its group's cache per row
-                cache = prefix_cache if b == len(plan.buckets) - 1 else copy.deepcopy(prefix_cache)
-                cache.reorder_cache(group_index)
+            # each layer reads its rows' prefix keys/values and stores nothing: the cache keeps one copy per group
+            cache = _PrefixCacheView(prefix_cache, group_index)
             bucket_pairs = [pairs[r] for r in bucket]
             bucket_rests = [rests[r] for r in bucket]
             width = max(len(rest) for rest in bucket_rests)
@@ -571,12 +593,12 @@ class PartnerReward:
 class _PrefixCacheView(Cache):
     """A read-only view of the groups' prefix cache for one batch of rows.
 
-    The prefix pass leaves one cache entry per group. Expanding it to one copy per row (as `reorder_cache` does) and
-    letting the rows' own keys and values accumulate in it would hold rows x (prefix + rest) keys and values for every
-    layer at once, a multiple of what scoring whole sequences needs (for a 7B model with full multi-head attention and
-    1024-token image states, tens of GB). Here each layer's `update` returns its rows' prefix states (gathered by group)
-    followed by the new ones, and stores nothing, so they are freed with the layer's activations; the mask sizes come
-    from the prefix layers, unchanged.
+    The prefix pass leaves one cache entry per group. Expanding it to one copy per row (as `reorder_cache` does)
+    and letting the rows' own keys and values accumulate in it would hold rows x (prefix + rest) keys and values for
+    every layer at once, a multiple of what scoring whole sequences needs (for a 7B model with full multi-head
+    attention and 1024-token image states, tens of GB). Here each layer's `update` returns its rows' prefix states
+    (gathered by group) followed by the new ones, and stores nothing, so they are freed with the layer's activations;
+    the mask sizes come from the prefix layers, unchanged. Only caches of attention layers qualify (`supports`).
     """
 
     _LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
