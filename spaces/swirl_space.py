@@ -684,6 +684,21 @@ class SwirlSpace:
                 for side, (fwm, idm) in refs.items()}
 
     # ------------------------------------------------------------------------------------------------------ text
+    def _generate_and_score(self, pairs, role, prompt_fields, columns, temperature, max_new_tokens) -> Result:
+        """For each side, the `role` model ("fwm" predicts, "idm" infers) generates from its prompt and the other
+        model of the pair scores the output (`PartnerReward` in phase `role`)."""
+        result = Result({})
+        for side, (fwm, idm) in pairs.items():
+            started = time.perf_counter()
+            generator, scorer = (fwm, idm) if role == "fwm" else (idm, fwm)
+            gen_label, score_label = ("FWM", "IDM") if role == "fwm" else ("IDM", "FWM")
+            prompt = _prompt(generator, role, **prompt_fields)
+            _check_length(generator, prompt, max_new_tokens, f"Model {side} ({gen_label})", result.notes)
+            output = generate_text(generator, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
+            score = _score(scorer, role, f"Model {side} ({score_label})", completions=[output], **columns)
+            result.sides[side] = SideResult(output, score, time.perf_counter() - started)
+        return result
+
     def predict(self, state, action, a_fwm, a_idm, b_fwm, b_idm, temperature=0.0, max_new_tokens=64) -> Result:
         """Each side's FWM predicts the next state; the score is that side's IDM log-probability of `action` given
         (state, prediction) (`PartnerReward`, phase `fwm`: mean per token, EOS included, clipped at -10)."""
@@ -691,15 +706,8 @@ class SwirlSpace:
         action = check_text(action, "action", MAX_ACTION_CHARS)
         temperature, max_new_tokens = check_temperature(temperature), check_max_new_tokens(max_new_tokens)
         pairs = self._pairs(a_fwm, a_idm, b_fwm, b_idm)
-        result = Result({})
-        for side, (fwm, idm) in pairs.items():
-            started = time.perf_counter()
-            prompt = _prompt(fwm, "fwm", state=state, action=action)
-            _check_length(fwm, prompt, max_new_tokens, f"Model {side} (FWM)", result.notes)
-            prediction = generate_text(fwm, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
-            score = _score(idm, "fwm", f"Model {side} (IDM)", completions=[prediction], state=[state],
-                           action=[action])
-            result.sides[side] = SideResult(prediction, score, time.perf_counter() - started)
+        result = self._generate_and_score(pairs, "fwm", {"state": state, "action": action},
+                                          {"state": [state], "action": [action]}, temperature, max_new_tokens)
         env = _environment_of(state)
         if env is not None:
             try:
@@ -717,15 +725,8 @@ class SwirlSpace:
         next_state = check_text(next_state, "next state", MAX_STATE_CHARS)
         temperature, max_new_tokens = check_temperature(temperature), check_max_new_tokens(max_new_tokens)
         pairs = self._pairs(a_fwm, a_idm, b_fwm, b_idm)
-        result = Result({})
-        for side, (fwm, idm) in pairs.items():
-            started = time.perf_counter()
-            prompt = _prompt(idm, "idm", state=state, next_state=next_state)
-            _check_length(idm, prompt, max_new_tokens, f"Model {side} (IDM)", result.notes)
-            action = generate_text(idm, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
-            score = _score(fwm, "idm", f"Model {side} (FWM)", completions=[action], state=[state],
-                           next_state=[next_state])
-            result.sides[side] = SideResult(action, score, time.perf_counter() - started)
+        result = self._generate_and_score(pairs, "idm", {"state": state, "next_state": next_state},
+                                          {"state": [state], "next_state": [next_state]}, temperature, max_new_tokens)
         env = _environment_of(state)
         if env is not None:
             try:

@@ -35,11 +35,8 @@ import json
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("WANDB_DISABLED", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the test suite's offline settings and tiny world (this script's folder is on sys.path when it runs)
+from conftest import ACTIONS, CORPUS, STATES
 
 import torch
 from accelerate import PartialState
@@ -48,16 +45,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from trl_swirl import SwirlConfig, SwirlTrainer
 from trl_swirl.tiny import build_tiny_causal_lm, build_word_tokenizer, load_pretrained, save_pretrained
-
-STATES = [
-    "ball at 1 2 vel 0 0",
-    "ball at 2 2 vel 1 0",
-    "ball at 3 2 vel 1 0",
-    "ball at 3 1 vel 0 -1",
-    "box at 0 0 vel 0 0 | ball at 4 4 vel 0 0",
-]
-ACTIONS = ["push ball right", "push ball left", "wait", "jump ball", "push box right"]
-CORPUS = STATES + ACTIONS + ["gibberish tokens here", "(", ")", "-1", "5", "6", "7"]
 
 GLOBAL_BATCH = 8  # completions per step, over all ranks
 NUM_GENERATIONS = 4
