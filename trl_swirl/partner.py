@@ -386,8 +386,8 @@ class PartnerReward:
         number of passes and the others pad theirs with one-token passes, so a partner sharded with ZeRO-3, whose every
         forward pass is a collective, sees the same number of passes on every rank.
         """
-        stats = {"pairs": len(pairs), "unique_pairs": 0, "tokens": 0, "computed_tokens": 0, "padded_tokens": 0}
-        stats["forward_calls"] = 0
+        stats = dict.fromkeys(("unique_pairs", "tokens", "computed_tokens", "padded_tokens", "forward_calls"), 0)
+        stats["pairs"] = len(pairs)
         self.last_stats = stats
         if not pairs and not self.sync_forward_calls:
             return []
@@ -516,7 +516,7 @@ class PartnerReward:
         """One forward pass over whole sequences, left-padded so that every target ends at the last column."""
         width = max(len(c) + len(t) for c, t in pairs)
         max_target = max(len(t) for _, t in pairs)
-        input_ids, attention_mask = _left_padded([c + t for c, t in pairs], width, self._pad_id)
+        input_ids, attention_mask = _padded([c + t for c, t in pairs], width, self._pad_id)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = self._model_kwargs(input_ids, attention_mask, position_ids, max_target + 1, use_cache=False)
@@ -529,7 +529,7 @@ class PartnerReward:
         target on top of a copy of its group's cache (padded between prefix and rest, so that targets end at the last
         column). Yields (row, value)."""
         group_of_row, prefixes = plan.group_of_row, plan.prefixes
-        prefix_ids, prefix_mask = _left_padded(prefixes, max(len(p) for p in prefixes), self._pad_id)
+        prefix_ids, prefix_mask = _padded(prefixes, max(len(p) for p in prefixes), self._pad_id)
         prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
         prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(**self._model_kwargs(prefix_ids, prefix_mask, prefix_positions, 1, use_cache=True))
@@ -554,14 +554,13 @@ class PartnerReward:
             if self._windowed:
                 # right padding keeps each row's real tokens contiguous after its (left-padded) prefix, so index
                 # distances equal position distances, as sliding-window and chunked attention masks assume
-                rest_ids, rest_mask = _left_padded([r[::-1] for r in bucket_rests], width, self._pad_id)
-                rest_ids, rest_mask = rest_ids.flip(-1), rest_mask.flip(-1)
+                rest_ids, rest_mask = _padded(bucket_rests, width, self._pad_id, left=False)
                 # from each row's last context token to its second-to-last target token
                 first = [len(rest) - len(tgt) - 1 for rest, (_, tgt) in zip(bucket_rests, bucket_pairs)]
                 keep = width - min(first)
             else:
                 # padding between prefix and rest, so that every target ends at the last column
-                rest_ids, rest_mask = _left_padded(bucket_rests, width, self._pad_id)
+                rest_ids, rest_mask = _padded(bucket_rests, width, self._pad_id)
                 keep = max(len(tgt) for _, tgt in bucket_pairs) + 1
             rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
             attention_mask = torch.cat([prefix_mask.index_select(0, group_index), rest_mask], dim=1)
@@ -656,13 +655,17 @@ def length_buckets(lengths: Sequence[int], overhead: float | None = None) -> lis
     return buckets[::-1]
 
 
-def _left_padded(sequences: Sequence[list[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(
+    sequences: Sequence[list[int]], width: int, pad_id: int, left: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask of `sequences` padded to `width`, on the left (default) or on the right."""
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
-            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq) :] = 1
+            columns = slice(width - len(seq), width) if left else slice(0, len(seq))
+            input_ids[row, columns] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, columns] = 1
     return input_ids, attention_mask
 
 
